@@ -1,0 +1,1 @@
+"""Protocol adapters: each turns one protocol's devices into `Reading`s for the gateway's pipeline."""

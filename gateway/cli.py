@@ -1,0 +1,166 @@
+"""`gcmk-gateway`: validate site configs, print schemas, run a building's gateway, simulate its devices."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway import __version__
+from gateway.config.loader import Overlay, config_hash, load_overlay, load_site
+from gateway.config.models import SiteConfig
+from gateway.errors import ConfigError
+from gateway.logs import configure_logging
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        code: int = args.handler(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gcmk-gateway", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"gcmk-gateway {__version__}")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    validate = commands.add_parser("validate", help="check site configs; every problem with file:line")
+    validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    validate.set_defaults(handler=_validate)
+
+    schema = commands.add_parser("schema", help="print a JSON Schema: 'site' (config) or 'event'")
+    schema.add_argument("which", choices=["site", "event"])
+    schema.set_defaults(handler=_schema)
+
+    run = commands.add_parser("run", help="run one building's gateway")
+    run.add_argument("--site", required=True, type=Path, metavar="FILE")
+    run.add_argument(
+        "--overlay",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="replace endpoints (e.g. written by 'simulate'); may repeat",
+    )
+    run.add_argument(
+        "--sink",
+        choices=["mqtt", "stdout"],
+        default="mqtt",
+        help="stdout: print events as JSON lines (commissioning), no journal",
+    )
+    run.set_defaults(handler=_run)
+
+    simulate = commands.add_parser("simulate", help="start simulated devices of a building on loopback")
+    simulate.add_argument("--site", required=True, type=Path, metavar="FILE")
+    simulate.add_argument(
+        "--overlay-out", type=Path, metavar="FILE", help="write the overlay that points a gateway at the simulators"
+    )
+    simulate.set_defaults(handler=_simulate)
+    return parser
+
+
+def _validate(args: argparse.Namespace) -> int:
+    failed = 0
+    for path in args.files:
+        try:
+            site = load_site(path)
+        except ConfigError as exc:
+            failed += 1
+            for problem in exc.problems:
+                print(problem)
+            continue
+        print(f"{path}: ok ({site.site.id}: {len(site.devices)} devices, {len(site.points)} points)")
+    if failed:
+        print(f"{failed} of {len(args.files)} file(s) invalid", file=sys.stderr)
+    return EXIT_INVALID if failed else EXIT_OK
+
+
+def _schema(args: argparse.Namespace) -> int:
+    if args.which == "site":
+        schema: dict[str, Any] = SiteConfig.model_json_schema(by_alias=True)
+        schema["title"] = "GCMK gateway site config"
+    else:
+        from gateway.event import event_json_schema
+
+        schema = event_json_schema()
+    print(json.dumps(schema, indent=2))
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    overlays: list[Overlay] = [load_overlay(p) for p in args.overlay]
+    site = load_site(args.site, overlays)
+    return asyncio.run(_run_gateway(site, args.sink, config_hash(args.site)))
+
+
+async def _run_gateway(site: SiteConfig, sink_name: str, cfg_hash: str) -> int:
+    from gateway.event import utcnow
+    from gateway.normaliser import Normaliser
+    from gateway.service import Gateway, run_until_signalled
+    from gateway.sinks import EventSink, StdoutSink
+
+    normaliser = Normaliser(site, epoch=utcnow())
+    sink: EventSink
+    if sink_name == "stdout":
+        sink = StdoutSink()
+    else:
+        from gateway.delivery import DeliverySink
+
+        sink = DeliverySink(site, config_hash=cfg_hash, version=__version__, devices=normaliser.devices_online)
+    await run_until_signalled(Gateway(site, sink, normaliser=normaliser))
+    return EXIT_OK
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    site = load_site(args.site)
+    return asyncio.run(_simulate_site(site, args.overlay_out))
+
+
+async def _simulate_site(site: SiteConfig, overlay_out: Path | None) -> int:
+    import signal
+
+    from ruamel.yaml import YAML
+
+    from simulators.site import SiteSimulator
+
+    simulator = SiteSimulator(site)
+    await simulator.start()
+    try:
+        overlay = simulator.overlay()
+        for device_id, endpoint in overlay.get("devices", {}).items():
+            print(f"{device_id}: {endpoint.get('host') or endpoint.get('address')}:{endpoint['port']}", flush=True)
+        if overlay_out is not None:
+            with overlay_out.open("w", encoding="utf-8") as out:
+                YAML(typ="safe").dump(overlay, out)
+            print(f"overlay written to {overlay_out}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        print("simulating; Ctrl-C to stop", flush=True)
+        await stop.wait()
+    finally:
+        await simulator.stop()
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

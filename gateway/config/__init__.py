@@ -1,0 +1,1 @@
+"""Site configuration: models, loading with line numbers, validation and address overlays."""

@@ -1,0 +1,477 @@
+"""The site config (`config/sites/<site-id>.yaml`) as pydantic v2 models.
+
+Unknown keys are forbidden everywhere (a typo is an error, never a silently ignored setting), protocols are
+discriminated unions on `protocol`, and everything that relates one part of the document to another is
+checked by `cross_check`, which returns every problem with its path so the loader can name its line.
+"""
+
+from __future__ import annotations
+
+import builtins
+import re
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gateway.config.types import Duration, Identifier, RawValue
+from gateway.taxonomy import TYPES, Category, EventType
+
+Loc = tuple[str | int, ...]
+
+MODBUS_MAX_REGISTERS = 125  # per read request (FC 3/4)
+MODBUS_MAX_BITS = 2000  # per read request (FC 1/2)
+MODBUS_MAX_ADDRESS = 65535
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- site, tenants, zones ------------------------------------------------------------------------------
+
+
+class SiteInfo(Strict):
+    id: Identifier
+    name: str = Field(min_length=1)
+    address: str = Field(min_length=1, description="postal address of the building")
+
+
+class Tenant(Strict):
+    id: Identifier
+    name: str = Field(min_length=1, description="ministry, e.g. 'Justitie en Veiligheid'")
+    temporary: bool = Field(False, description="tenant housed here temporarily (in- en uithuizing)")
+
+
+class Zone(Strict):
+    id: Identifier
+    name: str = Field(min_length=1)
+    tenant: Identifier | None = Field(None, description="tenant the zone belongs to; none for shared areas")
+
+
+# --- MQTT link -----------------------------------------------------------------------------------------
+
+
+class MqttTls(Strict):
+    ca_file: Path | None = Field(None, description="CA bundle to verify the broker; none = system CAs")
+    cert_file: Path | None = Field(None, description="client certificate for mutual TLS")
+    key_file: Path | None = Field(None, description="private key of the client certificate")
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> MqttTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (mutual TLS needs both)")
+        return self
+
+
+class MqttConfig(Strict):
+    url: str = Field(description="mqtts://host:port (TLS), or mqtt://host:port only with insecure: true")
+    client_id: str | None = Field(None, description="default: gcmk-gw-<site id>")
+    protocol: Literal["auto", "5", "3.1.1"] = Field("auto", description="auto: MQTT 5, else 3.1.1")
+    tls: MqttTls = MqttTls()
+    insecure: bool = Field(False, description="allow plain TCP without TLS; logged and shown in a metric")
+    username: str | None = None
+    password_file: Path | None = Field(None, description="file holding the password (one line)")
+    password_env: str | None = Field(None, description="environment variable holding the password")
+    # Declared only so that an inline secret gets a clear message instead of "extra field".
+    password: None = Field(None, description="not allowed: use password_file or password_env")
+    keepalive: Duration = 10.0
+    max_inflight: int = Field(64, ge=1, le=1000, description="QoS 1 publishes awaiting PUBACK at once")
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _no_inline_secret(cls, value: object) -> None:
+        if value is not None:
+            raise ValueError("inline secrets are not allowed: put the password in password_file or password_env")
+
+    @field_validator("url")
+    @classmethod
+    def _url_shape(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError("broker url must look like mqtts://host:8883 or mqtt://host:1883")
+        if parts.username or parts.password:
+            raise ValueError("no credentials in the broker url: use username and password_file")
+        return url
+
+    @model_validator(mode="after")
+    def _tls_unless_insecure(self) -> MqttConfig:
+        scheme = urlsplit(self.url).scheme
+        if scheme == "mqtt" and not self.insecure:
+            raise ValueError("plain mqtt:// needs an explicit insecure: true (use mqtts:// in production)")
+        if scheme == "mqtts" and self.insecure:
+            raise ValueError("insecure: true contradicts an mqtts:// url; remove one of them")
+        if self.password_file is not None and self.password_env is not None:
+            raise ValueError("give password_file or password_env, not both")
+        return self
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def uses_tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+
+# --- supervision, journal, local endpoints ---------------------------------------------------------------
+
+
+class Supervision(Strict):
+    heartbeat_interval: Duration = Field(5.0, gt=0, description="meldkamer heartbeat period")
+    device_offline_after: Duration = Field(
+        10.0, gt=0, description="BACnet: silence (no COV, no read) after which a device is offline"
+    )
+
+
+class JournalConfig(Strict):
+    data_dir: Path = Field(description="directory of the SQLite journal; relative to the working directory")
+    retention: Duration = Field(7 * 86400.0, description="how long delivered events are kept for audit")
+    max_bytes: int = Field(1 << 30, ge=1 << 20, description="disk bound; beyond it only info events are shed")
+    commit_interval: Duration = Field(0.005, description="longest wait to group events into one commit")
+
+
+class BacnetLocal(Strict):
+    address: str = Field("0.0.0.0", description="local interface of the gateway's BACnet/IP application")
+    port: int = Field(47808, ge=1, le=65535)
+    device_instance: int = Field(4_194_000, ge=0, le=4_194_302, description="the gateway's own BACnet id")
+
+
+class MetricsConfig(Strict):
+    listen: str = Field("127.0.0.1", description="bind address of /metrics, /healthz, /readyz")
+    port: int = Field(9108, ge=0, le=65535, description="0 = let the OS choose")
+
+
+# --- devices ---------------------------------------------------------------------------------------------
+
+
+class BacnetDevice(Strict):
+    protocol: Literal["bacnet"]
+    id: Identifier
+    name: str = Field(min_length=1)
+    address: str = Field(min_length=1, description="IP address of the BACnet/IP device")
+    port: int = Field(47808, ge=1, le=65535)
+    device_instance: int = Field(ge=0, le=4_194_302)
+    cov: bool = Field(True, description="subscribe to COV; false (or a refusing device) = poll")
+    cov_lifetime: Duration = Field(300.0, gt=0, description="COV subscription lifetime, renewed before expiry")
+    poll_interval: Duration = Field(1.0, gt=0)
+    timeout: Duration = Field(2.0, gt=0, description="per request")
+
+
+class SerialLine(Strict):
+    port: str = Field(min_length=1, description="e.g. /dev/ttyUSB0")
+    baudrate: int = Field(9600, gt=0)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+
+
+class ModbusDevice(Strict):
+    protocol: Literal["modbus"]
+    id: Identifier
+    name: str = Field(min_length=1)
+    transport: Literal["tcp", "rtu_over_tcp", "serial"] = Field(
+        "tcp", description="rtu_over_tcp: RTU framing through a serial-to-Ethernet converter"
+    )
+    host: str | None = Field(None, description="tcp and rtu_over_tcp")
+    port: int = Field(502, ge=1, le=65535)
+    serial: SerialLine | None = Field(None, description="transport serial only")
+    unit_id: int = Field(1, ge=0, le=255)
+    poll_interval: Duration = Field(1.0, gt=0)
+    timeout: Duration = Field(0.5, gt=0)
+    offline_after_failures: int = Field(3, ge=1, le=100, description="consecutive failed polls -> offline")
+    max_gap: int = Field(8, ge=0, le=100, description="unused addresses a block read may span")
+    inter_request_delay: Duration = Field(0.0, description="spacing between requests on a shared RTU bus")
+
+    @model_validator(mode="after")
+    def _transport_fields(self) -> ModbusDevice:
+        if self.transport == "serial":
+            if self.serial is None:
+                raise ValueError("transport serial needs a serial: section (port, baudrate, ...)")
+            if self.host is not None:
+                raise ValueError("transport serial takes no host")
+        else:
+            if not self.host:
+                raise ValueError(f"transport {self.transport} needs a host")
+            if self.serial is not None:
+                raise ValueError(f"transport {self.transport} takes no serial: section")
+        return self
+
+    @property
+    def bus_key(self) -> str:
+        """Devices with the same key share one physical line and one serialised request queue."""
+        if self.transport == "serial" and self.serial is not None:
+            return f"serial:{self.serial.port}"
+        if self.transport == "rtu_over_tcp":
+            return f"rtu:{self.host}:{self.port}"
+        return f"tcp:{self.host}:{self.port}:{self.unit_id}"
+
+
+Device = Annotated[BacnetDevice | ModbusDevice, Field(discriminator="protocol")]
+
+
+# --- points ----------------------------------------------------------------------------------------------
+
+_BACNET_OBJECT = re.compile(r"^[a-z][a-z-]*,\d+$")
+
+
+class ModbusSource(Strict):
+    protocol: Literal["modbus"]
+    table: Literal["coil", "discrete_input", "holding", "input"]
+    address: int = Field(ge=0, le=MODBUS_MAX_ADDRESS)
+    bit: int | None = Field(None, ge=0, le=15, description="registers only: lowest bit of the field")
+    width: int = Field(1, ge=1, le=16, description="registers only: bits in the field (with bit)")
+
+    @model_validator(mode="after")
+    def _bits_fit(self) -> ModbusSource:
+        if self.table in ("coil", "discrete_input"):
+            if self.bit is not None or self.width != 1:
+                raise ValueError(f"a {self.table} is one bit: bit and width apply to registers only")
+        elif self.bit is not None and self.bit + self.width > 16:
+            raise ValueError(f"bit {self.bit} + width {self.width} does not fit in a 16-bit register")
+        return self
+
+    @property
+    def ref(self) -> str:
+        if self.bit is None:
+            return f"{self.table}:{self.address}"
+        if self.width == 1:
+            return f"{self.table}:{self.address}.{self.bit}"
+        return f"{self.table}:{self.address}.{self.bit}+{self.width}"
+
+
+class BacnetSource(Strict):
+    protocol: Literal["bacnet"]
+    object: str = Field(description="object type and instance, e.g. 'binary-input,12'")
+    property: str = Field("present-value", pattern=r"^[a-z][a-z-]*$")
+
+    @field_validator("object")
+    @classmethod
+    def _object_shape(cls, value: str) -> str:
+        if not _BACNET_OBJECT.match(value):
+            raise ValueError("object must be '<object-type>,<instance>', e.g. 'life-safety-point,3'")
+        return value
+
+    @builtins.property
+    def ref(self) -> str:
+        return f"{self.object}/{self.property}"
+
+
+Source = Annotated[ModbusSource | BacnetSource, Field(discriminator="protocol")]
+
+
+class MomentaryEvent(Strict):
+    value: RawValue
+    type: EventType
+    state: Literal["info", "alarm"] = "info"
+    priority: int | None = Field(None, ge=1, le=5)
+
+
+class PointConfig(Strict):
+    id: Identifier
+    name: str = Field(min_length=1)
+    device: Identifier
+    tenant: Identifier
+    zone: Identifier
+    location: str = ""
+    type: EventType = Field(description="what an alarm of this point is")
+    category: Category | None = Field(None, description="default: the type's category")
+    priority: int | None = Field(None, ge=1, le=5, description="1 = most urgent; default per type")
+    source: Source
+    kind: Literal["state", "momentary"] = Field(
+        "state", description="state: alarm/restore on transitions; momentary: one event per occurrence"
+    )
+    alarm: list[RawValue] = Field(default_factory=list, description="raw values meaning alarm (of type)")
+    normal: list[RawValue] = Field(default_factory=list, description="raw values meaning quiet")
+    fault: list[RawValue] = Field(default_factory=list, description="raw values meaning a fault of the point")
+    other_alarms: dict[EventType, list[RawValue]] = Field(
+        default_factory=dict, description="further raw values that raise another type, e.g. tamper"
+    )
+    events: list[MomentaryEvent] = Field(default_factory=list, description="momentary: value -> event")
+    debounce: Duration = Field(0.0, description="a change must hold this long before it counts")
+    commissioning: bool = Field(False, description="point in test mode: events flagged commissioning")
+
+    @model_validator(mode="after")
+    def _mapping_complete(self) -> PointConfig:
+        if self.kind == "state":
+            if self.events:
+                raise ValueError("events: belongs to kind momentary; a state point uses alarm/normal")
+            if not self.alarm or not self.normal:
+                raise ValueError("a state point needs both alarm: and normal: values")
+            seen: Counter[str] = Counter()
+            for values in (self.alarm, self.normal, self.fault, *self.other_alarms.values()):
+                seen.update(str(v) for v in set(values))
+            twice = sorted(v for v, n in seen.items() if n > 1)
+            if twice:
+                raise ValueError(f"value(s) {', '.join(twice)} mapped to more than one condition")
+        else:
+            if self.alarm or self.normal or self.fault or self.other_alarms:
+                raise ValueError("a momentary point maps values with events:, not alarm/normal/fault")
+            if not self.events:
+                raise ValueError("a momentary point needs events: (value -> type)")
+            dup = [v for v, n in Counter(str(e.value) for e in self.events).items() if n > 1]
+            if dup:
+                raise ValueError(f"value(s) {', '.join(dup)} appear twice in events:")
+        return self
+
+    @property
+    def effective_category(self) -> Category:
+        return self.category or TYPES[self.type].category
+
+    @property
+    def effective_priority(self) -> int:
+        return self.priority or TYPES[self.type].priority
+
+
+# --- the whole site --------------------------------------------------------------------------------------
+
+
+class SiteConfig(Strict):
+    version: Literal[1] = Field(description="site-config format version")
+    site: SiteInfo
+    tenants: list[Tenant] = Field(min_length=1)
+    zones: list[Zone] = Field(min_length=1)
+    mqtt: MqttConfig
+    supervision: Supervision = Supervision()
+    journal: JournalConfig
+    bacnet: BacnetLocal | None = Field(None, description="required when the site has BACnet devices")
+    metrics: MetricsConfig = MetricsConfig()
+    devices: list[Device] = Field(min_length=1)
+    points: list[PointConfig] = Field(min_length=1)
+
+    def device(self, device_id: str) -> BacnetDevice | ModbusDevice:
+        return self._devices_by_id[device_id]
+
+    def points_of(self, device_id: str) -> list[PointConfig]:
+        return [p for p in self.points if p.device == device_id]
+
+    @property
+    def _devices_by_id(self) -> dict[str, BacnetDevice | ModbusDevice]:
+        return {d.id: d for d in self.devices}
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"gcmk-gw-{self.site.id}"
+
+
+def _duplicates(items: list[Any], attr: str) -> Iterator[tuple[int, str]]:
+    first: dict[str, int] = {}
+    for index, item in enumerate(items):
+        key = str(getattr(item, attr))
+        if key in first:
+            yield index, key
+        else:
+            first[key] = index
+
+
+def cross_check(cfg: SiteConfig) -> list[tuple[Loc, str]]:
+    """Checks that relate parts of the document; each problem comes with the path it is about."""
+    problems: list[tuple[Loc, str]] = []
+    for section, items in (("tenants", cfg.tenants), ("zones", cfg.zones), ("devices", cfg.devices)):
+        for index, key in _duplicates(list(items), "id"):
+            problems.append(((section, index, "id"), f"duplicate id '{key}' in {section}"))
+    for index, key in _duplicates(cfg.points, "id"):
+        problems.append((("points", index, "id"), f"duplicate point id '{key}'"))
+
+    tenants = {t.id for t in cfg.tenants}
+    zones = {z.id: z for z in cfg.zones}
+    devices = {d.id: d for d in cfg.devices}
+    for index, zone in enumerate(cfg.zones):
+        if zone.tenant is not None and zone.tenant not in tenants:
+            problems.append((("zones", index, "tenant"), f"zone '{zone.id}' names unknown tenant '{zone.tenant}'"))
+
+    bacnet_endpoints: dict[tuple[str, int], str] = {}
+    modbus_units: dict[tuple[str, int], str] = {}
+    for index, dev in enumerate(cfg.devices):
+        if isinstance(dev, BacnetDevice):
+            endpoint = (dev.address, dev.port)
+            if endpoint in bacnet_endpoints:
+                other = bacnet_endpoints[endpoint]
+                problems.append(
+                    (
+                        ("devices", index, "port"),
+                        f"BACnet devices '{other}' and '{dev.id}' share {dev.address}:{dev.port}",
+                    )
+                )
+            bacnet_endpoints.setdefault(endpoint, dev.id)
+        else:
+            if dev.timeout >= dev.poll_interval:
+                problems.append(
+                    (
+                        ("devices", index, "timeout"),
+                        f"timeout {dev.timeout:g}s must be shorter than poll_interval {dev.poll_interval:g}s",
+                    )
+                )
+            unit_key = (dev.bus_key.rsplit(":", 1)[0] if dev.transport == "tcp" else dev.bus_key, dev.unit_id)
+            if unit_key in modbus_units:
+                other = modbus_units[unit_key]
+                problems.append(
+                    (
+                        ("devices", index, "unit_id"),
+                        f"Modbus devices '{other}' and '{dev.id}' share unit id {dev.unit_id} on one endpoint",
+                    )
+                )
+            modbus_units.setdefault(unit_key, dev.id)
+    if any(isinstance(d, BacnetDevice) for d in cfg.devices) and cfg.bacnet is None:
+        problems.append((("bacnet",), "the site has BACnet devices: add a bacnet: section (local address)"))
+
+    for index, point in enumerate(cfg.points):
+        where: Loc = ("points", index)
+        if point.tenant not in tenants:
+            problems.append(((*where, "tenant"), f"unknown tenant '{point.tenant}'"))
+        point_zone = zones.get(point.zone)
+        if point_zone is None:
+            problems.append(((*where, "zone"), f"unknown zone '{point.zone}'"))
+        elif point_zone.tenant is not None and point_zone.tenant != point.tenant:
+            problems.append(
+                (
+                    (*where, "zone"),
+                    f"zone '{point_zone.id}' belongs to tenant '{point_zone.tenant}', the point to '{point.tenant}'",
+                )
+            )
+        point_device = devices.get(point.device)
+        if point_device is None:
+            problems.append(((*where, "device"), f"unknown device '{point.device}'"))
+        elif point_device.protocol != point.source.protocol:
+            problems.append(
+                (
+                    (*where, "source", "protocol"),
+                    f"device '{point_device.id}' speaks {point_device.protocol}, "
+                    f"the point's source is {point.source.protocol}",
+                )
+            )
+    problems.extend(_modbus_address_clashes(cfg))
+    return problems
+
+
+def _modbus_address_clashes(cfg: SiteConfig) -> list[tuple[Loc, str]]:
+    """Two points reading the same bits of the same device are almost always a copy-paste mistake."""
+    problems: list[tuple[Loc, str]] = []
+    owners: dict[tuple[str, str, int, int], str] = {}
+    for index, point in enumerate(cfg.points):
+        src = point.source
+        if not isinstance(src, ModbusSource):
+            continue
+        bits = range(16) if src.bit is None and src.table in ("holding", "input") else None
+        if src.bit is not None:
+            bits = range(src.bit, src.bit + src.width)
+        for bit in bits or (0,):
+            key = (point.device, src.table, src.address, bit)
+            if key in owners and owners[key] != point.id:
+                problems.append(
+                    (
+                        ("points", index, "source", "address"),
+                        f"{src.ref} is already read by point '{owners[key]}'",
+                    )
+                )
+                break
+            owners[key] = point.id
+    return problems
