@@ -13,6 +13,7 @@ from typing import Any
 from gateway import __version__
 from gateway.config.loader import Overlay, config_hash, load_overlay, load_site
 from gateway.config.models import SiteConfig
+from gateway.config.types import parse_duration
 from gateway.errors import ConfigError
 from gateway.logs import configure_logging
 
@@ -73,7 +74,45 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--overlay-out", type=Path, metavar="FILE", help="write the overlay that points a gateway at the simulators"
     )
+    simulate.add_argument("--scenario", type=Path, metavar="FILE", help="play a scenario (simulators/scenarios/)")
     simulate.set_defaults(handler=_simulate)
+
+    demo = commands.add_parser("demo", help="four buildings, live: broker, simulators, gateways, meldkamer console")
+    demo.add_argument("--broker", metavar="URL", help="use this broker instead of the embedded one")
+    demo.add_argument(
+        "--for",
+        dest="duration",
+        type=parse_duration,
+        metavar="DURATION",
+        help="stop after this time (e.g. 90s) and exit 0 only if every scenario event arrived",
+    )
+    demo.add_argument(
+        "--site",
+        dest="sites",
+        action="append",
+        type=Path,
+        metavar="FILE",
+        help="site configs (default: the four buildings)",
+    )
+    demo.add_argument("--scenario", type=Path, metavar="FILE", help="default: simulators/scenarios/demo.yaml")
+    demo.add_argument("--workdir", type=Path, metavar="DIR", help="journals, overlays and logs (default: a temp dir)")
+    demo.add_argument("--json", action="store_true", help="JSON lines instead of the console view")
+    demo.set_defaults(handler=_demo)
+
+    receive = commands.add_parser("receive", help="the meldkamer-side reference receiver")
+    receive.add_argument("--broker", required=True, metavar="URL", help="mqtt://host:port or mqtts://host:port")
+    receive.add_argument("--ca-file", metavar="FILE", help="CA to verify an mqtts:// broker (default: system CAs)")
+    receive.add_argument("--site", metavar="ID", help="only this building")
+    receive.add_argument("--for", dest="duration", type=parse_duration, metavar="DURATION")
+    receive.add_argument(
+        "--lost-after",
+        type=parse_duration,
+        default=15.0,
+        metavar="DURATION",
+        help="declare a site lost after this long without a heartbeat (default 15s)",
+    )
+    receive.add_argument("--json", action="store_true", help="JSON lines, and a JSON summary at the end")
+    receive.set_defaults(handler=_receive)
     return parser
 
 
@@ -131,10 +170,47 @@ async def _run_gateway(site: SiteConfig, sink_name: str, cfg_hash: str) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     site = load_site(args.site)
-    return asyncio.run(_simulate_site(site, args.overlay_out))
+    return asyncio.run(_simulate_site(site, args.overlay_out, args.scenario))
 
 
-async def _simulate_site(site: SiteConfig, overlay_out: Path | None) -> int:
+def _demo(args: argparse.Namespace) -> int:
+    from gateway.demo import DEFAULT_SCENARIO, DEFAULT_SITES, run_demo
+
+    return asyncio.run(
+        run_demo(
+            sites=args.sites or DEFAULT_SITES,
+            broker_url=args.broker,
+            duration=args.duration,
+            scenario_path=args.scenario or DEFAULT_SCENARIO,
+            workdir=args.workdir,
+            as_json=args.json,
+        )
+    )
+
+
+def _receive(args: argparse.Namespace) -> int:
+    return asyncio.run(_receive_until(args))
+
+
+async def _receive_until(args: argparse.Namespace) -> int:
+    import signal
+
+    from gateway.receiver import ReceiverState, print_notice, receive
+
+    state = ReceiverState(lost_after=args.lost_after, site=args.site)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if args.duration is not None:
+        loop.call_later(args.duration, stop.set)
+    await receive(args.broker, state, lambda n: print_notice(n, as_json=args.json), stop=stop, ca_file=args.ca_file)
+    summary = state.summary()
+    print(json.dumps({"summary": summary}) if args.json else json.dumps(summary, indent=2), flush=True)
+    return EXIT_OK
+
+
+async def _simulate_site(site: SiteConfig, overlay_out: Path | None, scenario_path: Path | None) -> int:
     import signal
 
     from ruamel.yaml import YAML
@@ -156,6 +232,13 @@ async def _simulate_site(site: SiteConfig, overlay_out: Path | None) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         print("simulating; Ctrl-C to stop", flush=True)
+        if scenario_path is not None:
+            from simulators.scenario import load_scenario, play
+
+            scenario = load_scenario(scenario_path)
+            print(f"playing scenario '{scenario.name}' ({scenario.duration:g} s)", flush=True)
+            await play(scenario, {site.site.id: simulator}, default_site=site.site.id)
+            print("scenario done", flush=True)
         await stop.wait()
     finally:
         await simulator.stop()

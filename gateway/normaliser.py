@@ -10,6 +10,7 @@ events, arm/disarm) emit one event per new occurrence instead.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -47,7 +48,8 @@ class NormaliserStats:
     unknown_points: int = 0
     unmapped_values: int = 0
     suppressed_flaps: int = 0
-    events: dict[tuple[str, str], int] = field(default_factory=dict)  # (type, state) -> count
+    # events made, by (device, category, type): the "received" stage of the metrics
+    events: Counter[tuple[str, str, str]] = field(default_factory=Counter)
 
 
 def device_address(device: BacnetDevice | ModbusDevice) -> str:
@@ -265,8 +267,7 @@ class Normaliser:
         reading: Reading | None = None,
         text: str | None = None,
     ) -> Event:
-        key = (event_type.value, state.value)
-        self.stats.events[key] = self.stats.events.get(key, 0) + 1
+        self.stats.events[(source.device_id, category.value, event_type.value)] += 1
         return Event(
             event_id=new_event_id(),
             site=self._site.site.id,

@@ -147,6 +147,37 @@ def test_sites_exercise_every_transport_and_point_kind() -> None:
     assert temporary == ["az"]
 
 
+@pytest.mark.parametrize("path", [MINIMAL_SITE, *_site_files()], ids=lambda p: p.stem)
+def test_editor_schema_accepts_the_site_configs_as_written(path: Path) -> None:
+    import jsonschema
+    from ruamel.yaml import YAML
+
+    from gateway.config.loader import site_json_schema
+
+    document = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
+    errors = list(jsonschema.Draft202012Validator(site_json_schema()).iter_errors(document))
+    assert not errors, [f"{list(e.absolute_path)}: {e.message}" for e in errors[:5]]
+
+
+def test_editor_schema_catches_a_typo() -> None:
+    import jsonschema
+    from ruamel.yaml import YAML
+
+    from gateway.config.loader import site_json_schema
+
+    document = YAML(typ="safe").load(BASE.replace("    timeout: 500ms", "    timout: 500ms"))
+    assert list(jsonschema.Draft202012Validator(site_json_schema()).iter_errors(document))
+
+
+def test_an_overlay_can_name_a_device_written_with_repeat(tmp_path: Path) -> None:
+    text = BASE.replace("  - protocol: modbus\n    id: panel-1\n", "  - protocol: modbus\n    repeat: {count: 1}\n"
+                        "    id: panel-{n}\n")
+    path = tmp_path / "site.yaml"
+    path.write_text(text, encoding="utf-8")
+    site = load_site(path, [{"devices": {"panel-1": {"port": 15021}}}])
+    assert site.device("panel-1").port == 15021
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway.cli", *args], capture_output=True, text=True, timeout=60, check=False

@@ -113,10 +113,10 @@ def load_site(path: Path | str, overlays: Sequence[Overlay] = ()) -> SiteConfig:
     """Load and validate one site config; raises ConfigError listing every problem."""
     path = Path(path)
     doc = _parse(path)
-    for overlay in overlays:
-        _apply_overlay(doc, overlay)
-    if not doc.problems:
-        _expand_repeats(doc)
+    _expand_repeats(doc)  # first, so that an overlay can name a device written with repeat:
+    if not doc.located:
+        for overlay in overlays:
+            _apply_overlay(doc, overlay)
     if doc.problems or doc.located:
         raise ConfigError(doc.problems_text)
     try:
@@ -131,6 +131,31 @@ def load_site(path: Path | str, overlays: Sequence[Overlay] = ()) -> SiteConfig:
     if doc.located:
         raise ConfigError(doc.problems_text)
     return site
+
+
+def site_json_schema() -> dict[str, Any]:
+    """JSON Schema of the file as written (for editors): the models' schema, plus `repeat:` templates,
+    whose fields hold placeholders and arithmetic and so are only checked once expanded."""
+    schema = SiteConfig.model_json_schema(by_alias=True)
+    schema["title"] = "GCMK gateway site config"
+    template = {
+        "type": "object",
+        "required": ["repeat"],
+        "properties": {
+            "repeat": {
+                "type": "object",
+                "properties": {"count": {"type": "integer", "minimum": 1, "maximum": MAX_REPEAT},
+                               "start": {"type": "integer", "minimum": 0}},
+                "required": ["count"],
+                "additionalProperties": False,
+            }
+        },
+        "description": "expanded into `count` entries; {n} and {i} are substituted in every string",
+    }
+    for section in REPEATABLE:
+        prop = schema["properties"][section]
+        prop["items"] = {"anyOf": [prop["items"], template]}
+    return schema
 
 
 def config_hash(path: Path | str) -> str:

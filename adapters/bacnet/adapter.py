@@ -1,0 +1,126 @@
+"""BacnetAdapter: the site's BACnet/IP devices behind one local bacpypes3 application."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+
+from adapters.bacnet.app import GatewayApplication, start_application
+from adapters.bacnet.plan import DeviceCounters, ObjectPlan
+from adapters.bacnet.session import DeviceSession
+from adapters.base import ReadingSink
+from gateway.config.models import BacnetDevice, BacnetLocal, SiteConfig
+from gateway.errors import ConfigurationFault, DeviceUnreachable, GatewayError
+
+
+class _NotReady(Exception):
+    """A notification arrived while the application was binding, before the device sessions exist."""
+
+
+class BacnetAdapter:
+    """Implements adapters.base.Adapter for every BACnet device of the site.
+
+    Commands for the commands issue: `acknowledge(point_id, source)` and `write(point_id, value, ...)`.
+    Per-device counters are in `counters` (device id -> DeviceCounters).
+    """
+
+    name = "bacnet"
+
+    def __init__(self, site: SiteConfig) -> None:
+        self.site = site
+        self.devices = [d for d in site.devices if isinstance(d, BacnetDevice)]
+        self.local = site.bacnet or BacnetLocal()
+        self.port: int | None = None  # bound UDP port, once running
+        self.sessions: dict[str, DeviceSession] = {}
+        self._app: GatewayApplication | None = None
+        self._by_process: dict[int, tuple[DeviceSession, ObjectPlan]] = {}
+        self._by_address: dict[tuple[str, int], DeviceSession] = {}
+        self._by_instance: dict[int, DeviceSession] = {}
+        self._ready = asyncio.Event()
+        self.log = structlog.get_logger(__name__).bind(site=site.site.id)
+
+    @property
+    def counters(self) -> dict[str, DeviceCounters]:
+        return {device_id: session.counters for device_id, session in self.sessions.items()}
+
+    async def run(self, sink: ReadingSink) -> None:
+        if not self.devices:
+            await asyncio.Event().wait()  # nothing to do, but an adapter runs until cancelled
+        timeout = max(d.timeout for d in self.devices)
+        try:
+            app, self.port = await start_application(self.local, self, apdu_timeout=timeout)
+        except TimeoutError:
+            raise GatewayError(f"cannot bind BACnet/IP on {self.local.address}:{self.local.port}") from None
+        self._app = app
+        self.log.info("bacnet.started", address=self.local.address, port=self.port, devices=len(self.devices))
+        try:
+            for device in self.devices:
+                session = DeviceSession(app, self.site, device, sink)
+                self.sessions[device.id] = session
+                self._by_address[(device.address, device.port)] = session
+                self._by_instance[device.device_instance] = session
+                for plan in session.plans.values():
+                    self._by_process[plan.process_id] = (session, plan)
+            self._ready.set()
+            async with asyncio.TaskGroup() as tg:
+                for session in self.sessions.values():
+                    tg.create_task(session.run(), name=f"bacnet:{session.device.id}")
+        finally:
+            self._ready.clear()
+            self._app = None
+            app.close()
+            await app.stop_handlers()
+
+    async def wait_ready(self) -> int:
+        """Wait until the local application is bound; returns its UDP port."""
+        await self._ready.wait()
+        assert self.port is not None
+        return self.port
+
+    # --- notifications from the application -------------------------------------------------------------
+
+    async def cov_notification(self, request: Any) -> bool:
+        if not self._ready.is_set():
+            raise _NotReady()  # left unanswered: the device retries once the sessions exist
+        entry = self._by_process.get(int(request.subscriberProcessIdentifier))
+        if entry is None:
+            return False
+        session, plan = entry
+        if session.device.device_instance != int(request.initiatingDeviceIdentifier[1]):
+            return False
+        await session.on_cov(plan, request)
+        return True
+
+    async def event_notification(self, request: Any) -> None:
+        if not self._ready.is_set():
+            raise _NotReady()  # left unanswered: the device retries once the sessions exist
+        session = self._by_instance.get(int(request.initiatingDeviceIdentifier[1]))
+        if session is None:
+            source = getattr(request.pduSource, "addrTuple", None)
+            session = self._by_address.get(source) if source else None
+        if session is None:
+            self.log.info("bacnet.event_from_unknown_device", device=str(request.initiatingDeviceIdentifier))
+            return
+        await session.on_event(request)
+
+    # --- commands -------------------------------------------------------------------------------------------
+
+    def _session_of(self, point_id: str) -> DeviceSession:
+        if self._app is None:
+            raise DeviceUnreachable("bacnet", "the BACnet adapter is not running")
+        for session in self.sessions.values():
+            if point_id in session.watches:
+                return session
+        raise ConfigurationFault("bacnet", f"point {point_id} is not a BACnet point of this site")
+
+    async def acknowledge(self, point_id: str, source: str) -> None:
+        """AcknowledgeAlarm echoing the last notification's to-state and time stamp for the point."""
+        await self._session_of(point_id).acknowledge(point_id, source)
+
+    async def write(
+        self, point_id: str, value: object, priority: int | None = None, property: str | None = None
+    ) -> None:
+        """WriteProperty (with priority) on the point's object, verified by reading it back."""
+        await self._session_of(point_id).write(point_id, value, priority, property)

@@ -1,0 +1,119 @@
+"""The gateway's one local bacpypes3 application, and the services it answers itself.
+
+bacpypes3's own COV client (`change_of_value`) renews subscriptions in a detached task whose failure
+nobody sees, and it has no event-notification handlers at all. So this application routes COV and event
+notifications to a `NotificationHandler` (the adapter) and acknowledges a confirmed notification only
+after the handler returned, i.e. after the readings are journaled: if the gateway dies first, the device
+gets no SimpleACK and retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import structlog
+from bacpypes3.apdu import SimpleAckPDU
+from bacpypes3.app import Application
+from bacpypes3.errors import ServicesError
+from bacpypes3.local.networkport import NetworkPortObject
+from bacpypes3.object import DeviceObject
+
+from gateway.config.models import BacnetLocal
+
+log = structlog.get_logger(__name__)
+
+
+class NotificationHandler(Protocol):
+    async def cov_notification(self, request: Any) -> bool:
+        """Handle a COV notification; False when no subscription of ours matches."""
+
+    async def event_notification(self, request: Any) -> None:
+        """Handle an event notification; returns when its readings are journaled."""
+
+
+class GatewayApplication(Application):  # type: ignore[misc]
+    handler: NotificationHandler
+    # bacpypes3 runs each incoming request on a task of its own; the adapter cancels the ones still
+    # running when it stops, so no handler outlives it.
+    inflight: set[asyncio.Task[Any]]
+
+    async def _handle(self, apdu: Any, confirmed: bool, handle: Callable[[Any], Awaitable[Any]]) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.inflight.add(task)
+        try:
+            known = await handle(apdu)
+        except Exception:
+            log.exception("bacnet.notification_failed", source=str(apdu.pduSource))
+            return  # no answer to a confirmed notification: the device retries
+        finally:
+            self.inflight.discard(task)
+        if confirmed:
+            if known is False:
+                raise ServicesError("unknownSubscription")
+            await self.response(SimpleAckPDU(context=apdu))
+
+    async def do_ConfirmedCOVNotificationRequest(self, apdu: Any) -> None:
+        await self._handle(apdu, True, self.handler.cov_notification)
+
+    async def do_UnconfirmedCOVNotificationRequest(self, apdu: Any) -> None:
+        await self._handle(apdu, False, self.handler.cov_notification)
+
+    async def do_ConfirmedEventNotificationRequest(self, apdu: Any) -> None:
+        await self._handle(apdu, True, self.handler.event_notification)
+
+    async def do_UnconfirmedEventNotificationRequest(self, apdu: Any) -> None:
+        await self._handle(apdu, False, self.handler.event_notification)
+
+    async def stop_handlers(self) -> None:
+        """Cancel notification handlers still running (e.g. waiting for the journal) and wait for them."""
+        tasks = [t for t in self.inflight if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def start_application(
+    local: BacnetLocal, handler: NotificationHandler, *, apdu_timeout: float, apdu_retries: int = 0
+) -> tuple[GatewayApplication, int]:
+    """Build and bind the application inside the running loop; returns it and its bound UDP port.
+
+    Port 0 is allowed (the OS chooses): bacpypes3 binds it, and the real port is read back from the socket.
+    """
+    # The plain (not bacpypes3.local) device object: the local one resolves every attribute through
+    # inspect.getattr_static, and the transaction layer reads six of them per request and notification.
+    device_object = DeviceObject(
+        objectIdentifier=("device", local.device_instance),
+        objectName=f"gcmk-gateway-{local.device_instance}",
+        vendorIdentifier=999,
+        vendorName="GCMK",
+        modelName="gcmk-gateway",
+        systemStatus="operational",
+        protocolVersion=1,
+        protocolRevision=22,
+        maxApduLengthAccepted=1476,
+        segmentationSupported="segmented-both",
+        maxSegmentsAccepted=16,
+        apduSegmentTimeout=max(100, int(apdu_timeout * 1000)),
+        apduTimeout=max(100, int(apdu_timeout * 1000)),
+        numberOfApduRetries=apdu_retries,
+    )
+    network_port = NetworkPortObject(
+        f"{local.address}:{local.port}", objectIdentifier=("network-port", 1), objectName="NetworkPort-1"
+    )
+    app = GatewayApplication.from_object_list([device_object, network_port])
+    app.handler = handler
+    app.inflight = set()
+    server = next(iter(app.link_layers.values())).server
+    try:
+        async with asyncio.timeout(10.0):
+            await asyncio.gather(*server._transport_tasks)  # bacpypes3 retries a failing bind forever
+    except BaseException:
+        app.close()
+        raise
+    port = int(server.local_transport.get_extra_info("sockname")[1])
+    if local.port == 0:
+        server.local_address = (server.local_address[0], port)
+    return app, port

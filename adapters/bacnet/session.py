@@ -1,0 +1,437 @@
+"""One BACnet device as the gateway sees it: connection, COV or polling per object, resync, supervision.
+
+Life of a session: wait until the device answers (online), resync (GetEventInformation plus a read of every
+configured object), then per object a COV subscription renewed at half its lifetime, or polling
+(ReadPropertyMultiple) when COV is off, refused or not offered for the property. Supervision is the time
+since the last answer from the device: past `device_offline_after` the device is reported offline once,
+the subscriptions are torn down and the session starts over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from adapters.bacnet.app import GatewayApplication
+from adapters.bacnet.client import DeviceClient, object_key
+from adapters.bacnet.plan import (
+    DeviceCounters,
+    ObjectPlan,
+    Watch,
+    next_process_id,
+    transition_index,
+    transition_state,
+)
+from adapters.bacnet.values import (
+    ACCESS_POINT_EXTRAS,
+    credential_of,
+    event_new_value,
+    event_property,
+    notification_of,
+    property_name,
+    property_type,
+    time_stamp_datetime,
+    time_stamp_text,
+    to_raw,
+)
+from adapters.base import DeviceStatus, Quality, Reading, ReadingSink
+from gateway.config.models import BacnetDevice, BacnetSource, SiteConfig
+from gateway.errors import ConfigurationFault, DeviceBusy, DeviceError, DeviceRejected, VerificationFailed
+from gateway.event import Notification, utcnow
+
+
+class _DeviceLost(Exception):
+    """Supervision declared the device offline: tear the connection down and start over."""
+
+
+class DeviceSession:
+    def __init__(self, app: GatewayApplication, site: SiteConfig, device: BacnetDevice, sink: ReadingSink) -> None:
+        self.site = site
+        self.device = device
+        self.counters = DeviceCounters()
+        self.log = structlog.get_logger(__name__).bind(site=site.site.id, device=device.id)
+        self.client = DeviceClient(app, device, self._contacted)
+        self.plans: dict[str, ObjectPlan] = {}
+        self.watches: dict[str, Watch] = {}
+        for point in site.points_of(device.id):
+            assert isinstance(point.source, BacnetSource)
+            object_id, prop = point.source.object, point.source.property
+            object_type = object_id.split(",")[0]
+            plan = self.plans.get(object_id)
+            if plan is None:
+                plan = self.plans[object_id] = ObjectPlan(object_id, object_type, [], next_process_id())
+            watch = Watch(point, object_id, object_type, prop)
+            plan.watches.append(watch)
+            self.watches[point.id] = watch
+        self._sink = sink
+        self._submit_lock = asyncio.Lock()
+        self._lost = asyncio.Event()
+        self._contact = asyncio.Event()
+        self._poll_now = asyncio.Event()
+        self._last_contact = 0.0
+        self._rpm = True
+
+    # --- contact and supervision ----------------------------------------------------------------------
+
+    def _contacted(self) -> None:
+        self._last_contact = asyncio.get_running_loop().time()
+        self.counters.last_contact = utcnow()
+        self._contact.set()
+
+    def _error(self, exc: DeviceError, what: str) -> None:
+        self.counters.errors[type(exc).__name__] += 1
+        self.log.debug("bacnet.request_failed", what=what, error=str(exc), error_class=type(exc).__name__)
+
+    async def run(self) -> None:
+        sink = self._sink
+        self._last_contact = asyncio.get_running_loop().time()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._supervise(sink))
+            tg.create_task(self._connection(sink))
+
+    async def _supervise(self, sink: ReadingSink) -> None:
+        loop = asyncio.get_running_loop()
+        limit = self.site.supervision.device_offline_after
+        while True:
+            remaining = self._last_contact + limit - loop.time()
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+                continue
+            if self.counters.online is not False:
+                self.counters.online = False
+                self.counters.cov_subscriptions_active = 0
+                self.log.warning("bacnet.device_offline", silent_for=limit)
+                self._lost.set()
+                await sink.device_status(
+                    DeviceStatus(self.device.id, online=False, at=utcnow(), reason=f"no answer for {limit:g}s")
+                )
+            self._contact.clear()
+            await self._contact.wait()
+
+    async def _connection(self, sink: ReadingSink) -> None:
+        while True:
+            await self._reach()
+            self._lost.clear()
+            if self.counters.online is not True:
+                self.counters.online = True
+                self.log.info("bacnet.device_online")
+                await sink.device_status(DeviceStatus(self.device.id, online=True, at=utcnow()))
+            try:
+                await self._resync()
+            except DeviceError as exc:  # went silent again mid-resync: back to waiting for an answer
+                self._error(exc, "resync")
+                await asyncio.sleep(self.device.poll_interval)
+                continue
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._watch_lost())
+                    for plan in self.plans.values():
+                        if self.device.cov and plan.cov_watches():
+                            tg.create_task(self._cov(plan))
+                    tg.create_task(self._poll())
+                    tg.create_task(self._keepalive())
+            except* _DeviceLost:
+                for plan in self.plans.values():
+                    plan.cov = False
+
+    async def _watch_lost(self) -> None:
+        await self._lost.wait()
+        raise _DeviceLost()
+
+    async def _reach(self) -> None:
+        """Read the device object until the device answers (I-Am needs broadcasts; a read works anywhere)."""
+        while True:
+            try:
+                await self.client.read(f"device,{self.device.device_instance}", "system-status")
+                return
+            except DeviceError as exc:
+                self._error(exc, "reachability")
+                if isinstance(exc, DeviceRejected):
+                    if exc.code == "unknown-object":
+                        self.log.warning("bacnet.device_instance_mismatch", device_instance=self.device.device_instance)
+                    return  # it answered: reachable, whatever it thinks of the request
+            await asyncio.sleep(self.device.poll_interval)
+
+    async def _keepalive(self) -> None:
+        """Keep contact fresh while nothing else is heard (quiet COV objects), so silence means offline."""
+        loop = asyncio.get_running_loop()
+        period = self.site.supervision.device_offline_after / 3
+        while True:
+            idle = loop.time() - self._last_contact
+            if idle < period:
+                await asyncio.sleep(period - idle)
+                continue
+            try:
+                await self.client.read(f"device,{self.device.device_instance}", "system-status")
+            except DeviceError as exc:
+                self._error(exc, "keepalive")
+                await asyncio.sleep(min(period, self.device.timeout))
+
+    # --- COV and polling ------------------------------------------------------------------------------
+
+    async def _cov(self, plan: ObjectPlan) -> None:
+        lifetime = max(1, round(self.device.cov_lifetime))
+        renew = max(0.5, lifetime / 2)
+        while True:
+            try:
+                await self.client.subscribe_cov(plan.object_id, plan.process_id, lifetime)
+            except DeviceBusy as exc:  # busy for now: poll meanwhile, try COV again later
+                self._error(exc, "subscribe-cov")
+                self._set_cov(plan, False)
+                self._poll_now.set()
+                await asyncio.sleep(renew)
+                continue
+            except DeviceRejected as exc:
+                self._error(exc, "subscribe-cov")
+                self.log.info("bacnet.cov_refused_polling", object=plan.object_id, reason=str(exc))
+                self._set_cov(plan, False)
+                self._poll_now.set()
+                return
+            except DeviceError as exc:
+                self._error(exc, "subscribe-cov")
+                self._set_cov(plan, False)
+                self._poll_now.set()
+                await asyncio.sleep(min(renew, self.device.poll_interval))
+                continue
+            self._set_cov(plan, True)
+            await asyncio.sleep(renew)
+
+    def _set_cov(self, plan: ObjectPlan, subscribed: bool) -> None:
+        if plan.cov != subscribed:
+            plan.cov = subscribed
+            self.counters.cov_subscriptions_active += 1 if subscribed else -1
+            self._polled()  # refreshes the polled-objects counter
+
+    def _polled(self) -> list[Watch]:
+        polled: list[Watch] = []
+        for plan in self.plans.values():
+            covered = plan.cov_watches() if plan.cov else []
+            polled.extend(w for w in plan.watches if w not in covered)
+        self.counters.polled_objects = len({w.object_id for w in polled})
+        return polled
+
+    async def _poll(self) -> None:
+        while True:
+            watches = self._polled()
+            if watches:
+                try:
+                    await self._read_and_report(watches)
+                except DeviceError as exc:
+                    self._error(exc, "poll")
+            self._poll_now.clear()
+            try:
+                async with asyncio.timeout(self.device.poll_interval):
+                    await self._poll_now.wait()
+            except TimeoutError:
+                pass
+
+    async def _read_values(self, watches: list[Watch]) -> dict[tuple[str, str], Any]:
+        refs: list[tuple[str, str]] = []
+        for watch in watches:
+            refs.append((watch.object_id, watch.prop))
+            if watch.object_type == "access-point" and watch.prop == "access-event":
+                refs.extend((watch.object_id, extra) for extra in ACCESS_POINT_EXTRAS)
+        refs = list(dict.fromkeys(refs))
+        if self._rpm:
+            try:
+                return await self.client.read_multiple(refs)
+            except DeviceRejected as exc:
+                if exc.code not in ("unrecognized-service", "service-request-denied"):
+                    raise
+                self.log.info("bacnet.no_read_property_multiple", reason=str(exc))
+                self._rpm = False
+        values: dict[tuple[str, str], Any] = {}
+        for object_id, prop in refs:
+            try:
+                values[(object_id, prop)] = await self.client.read(object_id, prop)
+            except ConfigurationFault as exc:
+                values[(object_id, prop)] = exc
+        return values
+
+    async def _read_and_report(
+        self, watches: list[Watch], extra: dict[str, tuple[Notification, datetime | None]] | None = None
+    ) -> None:
+        values = await self._read_values(watches)
+        for watch in watches:
+            value = values.get((watch.object_id, watch.prop))
+            if isinstance(value, DeviceError) or value is None:
+                if isinstance(value, DeviceError):
+                    self._error(value, f"read {watch.object_id}/{watch.prop}")
+                continue
+            extras = {p: values.get((watch.object_id, p)) for p in ACCESS_POINT_EXTRAS}
+            notification, occurred_at = (extra or {}).get(watch.point.id, (None, None))
+            await self._observe(
+                watch, value, extras, force=extra is not None, notification=notification, occurred_at=occurred_at
+            )
+
+    # --- readings -------------------------------------------------------------------------------------
+
+    async def _observe(
+        self,
+        watch: Watch,
+        value: Any,
+        extras: dict[str, Any] | None = None,
+        *,
+        force: bool = False,
+        notification: Notification | None = None,
+        occurred_at: datetime | None = None,
+    ) -> None:
+        """Submit a reading when the value (or occurrence) changed, or always when `force`."""
+        raw = to_raw(value)
+        occurrence = None
+        credential = None
+        if watch.object_type == "access-point" and watch.prop == "access-event" and extras:
+            tag = extras.get("access-event-tag")
+            if tag is not None and not isinstance(tag, DeviceError):
+                occurrence = str(int(tag))
+            reference = extras.get("access-event-credential")
+            if reference is not None and not isinstance(reference, DeviceError):
+                credential = credential_of(reference)
+        key = (raw, occurrence)
+        async with self._submit_lock:
+            if not force and watch.reported == key:
+                return
+            reading = Reading(
+                point_id=watch.point.id,
+                value=raw,
+                quality=Quality.GOOD,
+                detected_at=utcnow(),
+                occurred_at=occurred_at,
+                occurrence=occurrence,
+                credential=credential,
+                notification=notification,
+            )
+            await self._sink.submit(reading)
+            watch.reported = key
+            self.counters.readings += 1
+
+    async def _resync(self) -> None:
+        """GetEventInformation plus a read of every configured object; the normaliser sorts out what is new."""
+        self.counters.resyncs += 1
+        extra: dict[str, tuple[Notification, datetime | None]] = {}
+        try:
+            summaries = await self.client.event_information()
+        except DeviceRejected as exc:
+            self._error(exc, "get-event-information")
+            self.log.info("bacnet.no_get_event_information", reason=str(exc))
+            summaries = []
+        for summary in summaries:
+            plan = self.plans.get(object_key(summary.objectIdentifier))
+            if plan is None:
+                continue
+            state = str(summary.eventState)
+            acked = list(summary.acknowledgedTransitions)
+            stamps = list(summary.eventTimeStamps)
+            priorities = [int(p) for p in summary.eventPriorities]
+            index = transition_index(state)
+            self._remember_unacked(plan, summary)
+            for watch in plan.watches:
+                if watch.prop != event_property(plan.object_type):
+                    continue
+                if state != "normal" and index < len(stamps):
+                    stamp = stamps[index]
+                    notification = Notification(
+                        priority=priorities[index] if index < len(priorities) else 255,
+                        ack_required=index < len(acked) and not acked[index],
+                        to_state=state,
+                        time_stamp=time_stamp_text(stamp),
+                    )
+                    extra[watch.point.id] = (notification, time_stamp_datetime(stamp))
+        await self._read_and_report(list(self.watches.values()), extra)
+
+    # --- notifications --------------------------------------------------------------------------------
+
+    async def on_cov(self, plan: ObjectPlan, request: Any) -> None:
+        self._contacted()
+        self.counters.cov_notifications += 1
+        values: dict[str, Any] = {}
+        for property_value in request.listOfValues:
+            prop = property_name(property_value.propertyIdentifier)
+            datatype = property_type(plan.object_type, prop)
+            if datatype is None:
+                continue
+            try:
+                values[prop] = property_value.value.cast_out(datatype)
+            except (TypeError, ValueError, AttributeError) as exc:
+                self.counters.errors["MalformedReply"] += 1
+                self.log.warning("bacnet.cov_value_undecodable", object=plan.object_id, prop=prop, error=str(exc))
+        for watch in plan.watches:
+            if watch.prop in values:
+                await self._observe(watch, values[watch.prop], values)
+
+    async def on_event(self, request: Any) -> None:
+        self._contacted()
+        self.counters.event_notifications += 1
+        object_id = object_key(request.eventObjectIdentifier)
+        plan = self.plans.get(object_id)
+        if plan is None:
+            self.log.debug("bacnet.event_for_unconfigured_object", object=object_id)
+            return
+        notification = notification_of(request)
+        occurred_at = time_stamp_datetime(request.timeStamp)
+        new_value = event_new_value(getattr(request, "eventValues", None))
+        self.log.info(
+            "bacnet.event_notification",
+            object=object_id,
+            to_state=notification.to_state,
+            priority=notification.priority,
+            time_stamp=notification.time_stamp,
+        )
+        for watch in plan.watches:
+            if watch.prop != event_property(plan.object_type):
+                continue
+            if notification.ack_required:
+                watch.last_event = (request.toState, request.timeStamp)
+            value = new_value
+            if value is None:
+                try:
+                    value = await self.client.read(watch.object_id, watch.prop)
+                except DeviceError as exc:
+                    self._error(exc, "read after event")
+                    continue
+            await self._observe(watch, value, force=True, notification=notification, occurred_at=occurred_at)
+
+    # --- commands -------------------------------------------------------------------------------------
+
+    async def acknowledge(self, point_id: str, source: str) -> None:
+        watch = self.watches[point_id]
+        if watch.last_event is None:
+            await self._refresh_event_information()
+        if watch.last_event is None:
+            raise ConfigurationFault(self.device.id, f"point {point_id}: no event transition to acknowledge")
+        state, stamp = watch.last_event
+        await self.client.acknowledge(watch.object_id, state, stamp, source)
+        watch.last_event = None
+        self.log.info("bacnet.acknowledged", point=point_id, state=str(state), source=source)
+
+    async def _refresh_event_information(self) -> None:
+        for summary in await self.client.event_information():
+            plan = self.plans.get(object_key(summary.objectIdentifier))
+            if plan is not None:
+                self._remember_unacked(plan, summary)
+
+    def _remember_unacked(self, plan: ObjectPlan, summary: Any) -> None:
+        """From an event summary, the transition to acknowledge: the current state's if unacked, else any."""
+        state = str(summary.eventState)
+        acked = list(summary.acknowledgedTransitions)
+        stamps = list(summary.eventTimeStamps)
+        current = transition_index(state)
+        for i in (current, 0, 1, 2):
+            if i < len(acked) and i < len(stamps) and not acked[i]:
+                to_state = state if i == current else transition_state(plan.object_type, i)
+                for watch in plan.watches:
+                    if watch.prop == event_property(plan.object_type):
+                        watch.last_event = (to_state, stamps[i])
+                return
+
+    async def write(self, point_id: str, value: object, priority: int | None, prop: str | None) -> None:
+        watch = self.watches[point_id]
+        target = prop or watch.prop
+        await self.client.write(watch.object_id, target, value, priority)
+        back = to_raw(await self.client.read(watch.object_id, target))
+        if str(back) != str(value):
+            raise VerificationFailed(self.device.id, f"{watch.object_id}/{target}: wrote {value!r}, reads {back!r}")
+        self.log.info("bacnet.written", point=point_id, prop=target, value=str(value), priority=priority)

@@ -1,0 +1,274 @@
+"""BACnet latency: a value change in the simulator -> the reading handed to the sink, p50 / p99.
+
+Rates of 100, 300, 500 and 1,000 changes/s spread over 10 simulated devices (10 binary inputs each, COV,
+no event reporting, so each change is one confirmed COV notification). The simulated devices run in their
+own processes (as panels would; `--processes`); times are CLOCK_MONOTONIC, shared by all processes.
+The baseline, in the same run against the same simulator: a bare bacpypes3 client with `change_of_value`
+subscriptions, timed from the change to `scm.get_value()` returning.
+
+    .venv/bin/python bench/bench_bacnet.py              # 2 s per rate and client, about 40 s
+    .venv/bin/python bench/bench_bacnet.py --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import multiprocessing as mp
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+import structlog
+from bacpypes3.app import Application
+from bacpypes3.local.device import DeviceObject
+from bacpypes3.local.networkport import NetworkPortObject
+from bacpypes3.pdu import Address
+from bacpypes3.primitivedata import ObjectIdentifier
+
+from adapters.bacnet import BacnetAdapter
+from adapters.base import DeviceStatus, Reading
+from gateway.config.models import SiteConfig
+from simulators.bacnet_sim import BacnetSiteSimulator, free_udp_port
+
+DEVICES = 10
+POINTS_PER_DEVICE = 10
+RATES = (100, 300, 500, 1000)
+Change = tuple[str, str, float]  # point id, value, monotonic time
+
+
+def make_site(overlay: dict[str, Any] | None = None, indices: range = range(DEVICES)) -> SiteConfig:
+    overlay = overlay or {}
+    devices = [
+        {
+            "protocol": "bacnet",
+            "id": f"d{d}",
+            "name": f"panel {d}",
+            "address": "127.0.0.1",
+            "port": 47900 + d,
+            "device_instance": 1000 + d,
+            "timeout": 2.0,
+            "poll_interval": 60,
+            "cov_lifetime": 300,
+            **overlay.get("devices", {}).get(f"d{d}", {}),
+        }
+        for d in indices
+    ]
+    points = [
+        {
+            "id": f"d{d}-p{p}",
+            "name": f"detector {d}.{p}",
+            "device": f"d{d}",
+            "tenant": "t",
+            "zone": "z",
+            "type": "burglary",
+            "source": {"protocol": "bacnet", "object": f"binary-input,{p + 1}"},
+            "alarm": ["active"],
+            "normal": ["inactive"],
+        }
+        for d in indices
+        for p in range(POINTS_PER_DEVICE)
+    ]
+    return SiteConfig.model_validate(
+        {
+            "version": 1,
+            "site": {"id": "bench", "name": "Bench", "address": "Benchstraat 1"},
+            "tenants": [{"id": "t", "name": "Tenant"}],
+            "zones": [{"id": "z", "name": "Zone", "tenant": "t"}],
+            "mqtt": {"url": "mqtt://127.0.0.1:1883", "insecure": True},
+            "supervision": {"device_offline_after": 60},
+            "journal": {"data_dir": "/tmp/unused"},
+            "bacnet": {"address": "127.0.0.1", "port": free_udp_port()},
+            "devices": devices,
+            "points": points,
+        }
+    )
+
+
+# --- the simulator process ---------------------------------------------------------------------------------
+
+
+def simulator_process(conn: Connection, first: int, count: int) -> None:
+    asyncio.run(_simulate(conn, range(first, first + count)))
+
+
+async def _simulate(conn: Connection, indices: range) -> None:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    sim = BacnetSiteSimulator(make_site(indices=indices), event_reporting=False)
+    await sim.start()
+    conn.send(sim.overlay())
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            command = await loop.run_in_executor(None, conn.recv)
+            if command is None:
+                return
+            rate, seconds = command
+            conn.send(await _drive(sim, rate, seconds))
+    finally:
+        await sim.stop()
+
+
+async def _drive(sim: BacnetSiteSimulator, rate: float, seconds: float) -> tuple[list[Change], float]:
+    """Toggle this process's points round-robin over its devices at `rate` changes/s."""
+    point_ids = [f"{d}-p{p}" for p in range(POINTS_PER_DEVICE) for d in sim.devices]
+    state = {pid: sim.devices[pid.split("-")[0]].read_raw(sim._points[pid]) for pid in point_ids}
+    changes: list[Change] = []
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for n in range(int(rate * seconds)):
+        delay = start + n / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        point_id = point_ids[n % len(point_ids)]
+        state[point_id] = "active" if state[point_id] == "inactive" else "inactive"
+        changes.append((point_id, str(state[point_id]), time.monotonic()))
+        await sim.set_raw(point_id, state[point_id])
+    lag = loop.time() - (start + seconds)
+    await asyncio.sleep(2.0)  # let the last notifications arrive before the parent stops looking
+    return changes, lag
+
+
+# --- the measuring side -----------------------------------------------------------------------------------
+
+
+def latencies(changes: list[Change], seen: list[Change]) -> list[float]:
+    """Pair each change with the first later report of that value for that point."""
+    reports: dict[str, list[tuple[str, float]]] = defaultdict(list)
+    for point_id, value, at in seen:
+        reports[point_id].append((value, at))
+    cursor: dict[str, int] = defaultdict(int)
+    result = []
+    for point_id, value, at in changes:
+        queue = reports[point_id]
+        i = cursor[point_id]
+        while i < len(queue) and (queue[i][1] < at or queue[i][0] != value):
+            i += 1
+        if i < len(queue):
+            result.append(queue[i][1] - at)
+            i += 1
+        cursor[point_id] = i
+    return result
+
+
+def summary(values: list[float], expected: int) -> str:
+    if not values:
+        return "no readings"
+    ordered = sorted(values)
+    p50 = statistics.median(ordered) * 1000
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+    return f"p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  ({len(values)}/{expected} seen)"
+
+
+async def measure(name: str, conns: list[Connection], seen: list[Change], seconds: float) -> None:
+    loop = asyncio.get_running_loop()
+    for rate in RATES:
+        seen.clear()
+        for conn in conns:
+            conn.send((rate / len(conns), seconds))
+        parts = await asyncio.gather(*(loop.run_in_executor(None, conn.recv) for conn in conns))
+        changes: list[Change] = sorted((c for part, _lag in parts for c in part), key=lambda c: c[2])
+        lag = max(lag for _part, lag in parts)
+        result = summary(latencies(changes, list(seen)), len(changes))
+        print(f"{name:<24} {rate:>5}/s  {result}  simulator behind by {max(lag, 0.0):.2f} s", flush=True)
+
+
+class TimingSink:
+    def __init__(self, seen: list[Change]) -> None:
+        self.seen = seen
+
+    async def submit(self, reading: Reading) -> None:
+        self.seen.append((reading.point_id, str(reading.value), time.monotonic()))
+
+    async def device_status(self, status: DeviceStatus) -> None:
+        return None
+
+
+async def raw_bacpypes3(overlay: dict[str, Any], conns: list[Connection], seconds: float) -> None:
+    """Baseline: bacpypes3's own COV client, one context per object, one reader task each."""
+    device = DeviceObject(objectIdentifier=("device", 4_194_100), objectName="bench-client", vendorIdentifier=999)
+    port = NetworkPortObject(
+        f"127.0.0.1:{free_udp_port()}", objectIdentifier=("network-port", 1), objectName="NetworkPort-1"
+    )
+    app = Application.from_object_list([device, port])
+    seen: list[Change] = []
+    try:
+        async with contextlib.AsyncExitStack() as stack, asyncio.TaskGroup() as tg:
+            readers = []
+            for d in range(DEVICES):
+                address = Address(f"127.0.0.1:{overlay['devices'][f'd{d}']['port']}")
+                for p in range(POINTS_PER_DEVICE):
+                    scm = await stack.enter_async_context(
+                        app.change_of_value(address, ObjectIdentifier(f"binary-input,{p + 1}"), None, True, 300)
+                    )
+                    readers.append(tg.create_task(_read_cov(scm, f"d{d}-p{p}", seen.append)))
+            await measure("raw bacpypes3 COV", conns, seen, seconds)
+            for reader in readers:
+                reader.cancel()
+    finally:
+        app.close()
+
+
+async def _read_cov(scm: Any, point_id: str, record: Callable[[Change], None]) -> None:
+    while True:
+        prop, value = await scm.get_value()
+        if str(prop) == "present-value":
+            record((point_id, str(value), time.monotonic()))
+
+
+async def adapter(overlay: dict[str, Any], conns: list[Connection], seconds: float) -> None:
+    gateway = BacnetAdapter(make_site(overlay))
+    seen: list[Change] = []
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(gateway.run(TimingSink(seen)))
+        await gateway.wait_ready()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 30
+        while loop.time() < end:
+            if sum(c.cov_subscriptions_active for c in gateway.counters.values()) == DEVICES * POINTS_PER_DEVICE:
+                break
+            await asyncio.sleep(0.05)
+        await measure("BacnetAdapter -> sink", conns, seen, seconds)
+        task.cancel()
+
+
+async def main(seconds: float, processes: int) -> None:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    per = DEVICES // processes
+    conns, children = [], []
+    for first in range(0, DEVICES, per):
+        parent, child = mp.Pipe()
+        process = mp.get_context("spawn").Process(
+            target=simulator_process, args=(child, first, min(per, DEVICES - first)), daemon=True
+        )
+        process.start()
+        conns.append(parent)
+        children.append(process)
+    loop = asyncio.get_running_loop()
+    try:
+        overlay: dict[str, Any] = {"devices": {}}
+        for part in await asyncio.gather(*(loop.run_in_executor(None, conn.recv) for conn in conns)):
+            overlay["devices"].update(part["devices"])
+        print(
+            f"{DEVICES} devices x {POINTS_PER_DEVICE} binary inputs, simulated in {len(conns)} processes,"
+            f" {seconds:g} s per rate"
+        )
+        await raw_bacpypes3(overlay, conns, seconds)
+        await adapter(overlay, conns, seconds)
+    finally:
+        for conn, process in zip(conns, children, strict=True):
+            conn.send(None)
+            process.join(10)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=2.0, help="duration per rate")
+    parser.add_argument("--processes", type=int, default=2, help="simulator processes (devices split evenly)")
+    args = parser.parse_args()
+    asyncio.run(main(args.seconds, args.processes))

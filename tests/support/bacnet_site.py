@@ -1,0 +1,110 @@
+"""Small BACnet site configs and a collecting ReadingSink for the BACnet adapter tests and benchmark."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from adapters.base import DeviceStatus, Reading
+from gateway.config.models import SiteConfig
+from simulators.bacnet_sim import free_udp_port
+
+
+def bacnet_point(point_id: str, device: str, obj: str, **extra: Any) -> dict[str, Any]:
+    """A point dict; the mapping defaults to a binary detector (active = burglary)."""
+    point: dict[str, Any] = {
+        "id": point_id,
+        "name": f"point {point_id}",
+        "device": device,
+        "tenant": "jv",
+        "zone": "z1",
+        "type": "burglary",
+        "source": {"protocol": "bacnet", "object": obj},
+        "alarm": ["active"],
+        "normal": ["inactive"],
+    }
+    point.update(extra)
+    return point
+
+
+def bacnet_site(
+    devices: dict[str, dict[str, Any]],
+    points: list[dict[str, Any]],
+    *,
+    offline_after: float = 10.0,
+    overlay: dict[str, Any] | None = None,
+) -> SiteConfig:
+    """A site with BACnet devices (id -> extra device fields) and points; `overlay` as the simulator gives it."""
+    overlay = overlay or {}
+    device_list = []
+    for index, (device_id, extra) in enumerate(devices.items()):
+        device = {
+            "protocol": "bacnet",
+            "id": device_id,
+            "name": f"device {device_id}",
+            "address": "127.0.0.1",
+            "port": 47900 + index,
+            "device_instance": 1000 + index,
+            "timeout": 0.5,
+            "poll_interval": 0.2,
+        }
+        device.update(extra)
+        device.update(overlay.get("devices", {}).get(device_id, {}))
+        device_list.append(device)
+    return SiteConfig.model_validate(
+        {
+            "version": 1,
+            "site": {"id": "test-site", "name": "Test", "address": "Teststraat 1"},
+            "tenants": [{"id": "jv", "name": "Justitie en Veiligheid"}],
+            "zones": [{"id": "z1", "name": "Zone 1", "tenant": "jv"}],
+            "mqtt": {"url": "mqtt://127.0.0.1:1883", "insecure": True},
+            "supervision": {"device_offline_after": offline_after},
+            "journal": {"data_dir": "/tmp/unused"},
+            "bacnet": {"address": "127.0.0.1", "port": free_udp_port(), **overlay.get("bacnet", {})},
+            "devices": device_list,
+            "points": points,
+        }
+    )
+
+
+class CollectingSink:
+    """A ReadingSink that keeps everything and lets a test wait for a condition."""
+
+    def __init__(self) -> None:
+        self.readings: list[Reading] = []
+        self.statuses: list[DeviceStatus] = []
+        self._changed = asyncio.Condition()
+        self.delay = 0.0
+
+    async def submit(self, reading: Reading) -> None:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        async with self._changed:
+            self.readings.append(reading)
+            self._changed.notify_all()
+
+    async def device_status(self, status: DeviceStatus) -> None:
+        async with self._changed:
+            self.statuses.append(status)
+            self._changed.notify_all()
+
+    def of(self, point_id: str) -> list[Reading]:
+        return [r for r in self.readings if r.point_id == point_id]
+
+    async def wait_for(self, predicate: Callable[[], Any], within: float = 10.0) -> Any:
+        """Wait until `predicate()` is truthy: re-checked on every reading/status, and every 50 ms for
+        conditions outside the sink (adapter counters, simulator state)."""
+        async with asyncio.timeout(within), self._changed:
+            while not (result := predicate()):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), 0.05)
+            return result
+
+    async def wait_reading(self, point_id: str, value: Any, within: float = 10.0, after: int = 0) -> Reading:
+        def found() -> Reading | None:
+            return next((r for r in self.readings[after:] if r.point_id == point_id and r.value == value), None)
+
+        result: Reading = await self.wait_for(found, within)
+        return result
