@@ -50,3 +50,5 @@ def configure_logging(level: str = "info", *, json: bool | None = None, stream: 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.WARNING))  # libraries (pymodbus, bacpypes3) are chatty at INFO
+    # pymodbus logs every timeout at ERROR with frame dumps; the adapter logs the translated error itself.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
