@@ -88,7 +88,7 @@ class Event(_Model):
     event_id: UUID = Field(description="UUIDv7, stable across retries: the meldkamer de-duplicates on it")
     seq: int | None = Field(None, ge=1, description="per site, gap-free, assigned when journaled")
     site: str
-    tenant: str | None = Field(description="tenant id; none for site-level (gateway) events")
+    tenant: str | None = Field(None, description="tenant id; none (absent) for site-level (gateway) events")
     category: Category
     type: EventType
     state: EventState

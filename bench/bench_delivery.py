@@ -1,0 +1,211 @@
+"""Delivery benchmark: journal + publisher against a raw aiomqtt bounded-window loop, same broker, same run.
+
+    .venv/bin/python bench/bench_delivery.py [--events 20000] [--backlog 100000]
+
+1. throughput: N events handed to DeliverySink.accept (50 concurrent producers, one event per batch, as
+   the pipeline does) until a separate subscriber (mosquitto_sub, QoS 1) received all of them, against a
+   raw aiomqtt loop publishing N pre-serialised events QoS 1 (MQTT 5, same properties, same in-flight
+   window); rounds of raw / sink / raw, median ratio.
+2. drain: a backlog journaled while the broker was down, delivered after it comes up (events/s).
+3. latency: 1,000 events/s for 10 s; hand-off to accept() -> PUBACK, p50 / p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import aiomqtt  # noqa: E402
+
+from gateway.delivery import DeliverySink  # noqa: E402
+from gateway.publisher import _properties  # noqa: E402
+from gateway.state import Batch  # noqa: E402
+from tests.support.delivery_harness import SITE, make_event, site_config  # noqa: E402
+from tests.support.mosquitto import Mosquitto  # noqa: E402
+
+WINDOW = 64
+PRODUCERS = 50
+
+
+def subscriber(port: int, count: int) -> subprocess.Popen[bytes]:
+    """mosquitto_sub in its own process: exits after `count` event messages."""
+    proc = subprocess.Popen(
+        ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-C", str(count),
+         "-t", f"gcmk/v1/{SITE}/events/#"],
+        stdout=subprocess.DEVNULL,
+    )
+    time.sleep(0.3)  # let it subscribe before anything is published
+    return proc
+
+
+async def wait_proc(proc: subprocess.Popen[bytes], within: float = 300) -> None:
+    await until(lambda: proc.poll() is not None, within, proc.kill)
+
+
+async def until(
+    predicate: Callable[[], bool], within: float = 60, on_timeout: Callable[[], None] | None = None
+) -> None:
+    """Polls a condition (the benchmark measures to within a few ms; the polling interval is 5 ms)."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            if on_timeout is not None:
+                on_timeout()
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(0.005)
+
+
+async def raw_loop(port: int, n: int) -> float:
+    payloads = [make_event(i).with_seq(i + 1).to_json() for i in range(n)]
+    topic = f"gcmk/v1/{SITE}/events/technical"
+    sub = subscriber(port, n)
+    props = _properties("gcmk.event.v1")  # the same MQTT 5 publish as the sink's: a like-for-like baseline
+    async with aiomqtt.Client(
+        "127.0.0.1", port, identifier="bench-raw", max_inflight_messages=WINDOW, protocol=aiomqtt.ProtocolVersion.V5
+    ) as client:
+        client.pending_calls_threshold = WINDOW * 2
+        window = asyncio.Semaphore(WINDOW)
+
+        async def one(payload: str) -> None:
+            try:
+                await client.publish(topic, payload, qos=1, properties=props)
+            finally:
+                window.release()
+
+        start = time.perf_counter()
+        async with asyncio.TaskGroup() as tg:
+            for payload in payloads:
+                await window.acquire()
+                tg.create_task(one(payload))
+        await wait_proc(sub)
+        return time.perf_counter() - start
+
+
+async def sink_loop(work: Path, port: int, n: int, producers: int, batch: int) -> tuple[float, float, int]:
+    site = site_config(work / f"thr-{time.monotonic_ns()}", f"mqtt://127.0.0.1:{port}", max_inflight=WINDOW)
+    events = [make_event(i) for i in range(n)]
+    sub = subscriber(port, n)
+    sink = DeliverySink(site, config_hash="bench", version="bench")
+    await sink.load_state()
+    async with asyncio.TaskGroup() as tg:
+        run = tg.create_task(sink.run())
+        await until(lambda: sink.stats.connected)
+        start = time.perf_counter()
+
+        chunks = [tuple(events[i : i + batch]) for i in range(0, n, batch)]
+
+        async def produce(k: int) -> None:
+            for chunk in chunks[k::producers]:
+                await sink.accept(Batch(events=chunk))
+
+        async with asyncio.TaskGroup() as group:
+            for k in range(producers):
+                group.create_task(produce(k))
+        accepted = time.perf_counter() - start
+        await wait_proc(sub)
+        elapsed = time.perf_counter() - start
+        commits = sink.stats.commits
+        await sink.close()
+        await run
+    return elapsed, accepted, commits
+
+
+async def drain(work: Path, broker: Mosquitto, n: int) -> float:
+    site = site_config(work / "drain", broker.url, max_inflight=WINDOW)
+    broker.stop()
+    sink = DeliverySink(site, config_hash="bench", version="bench")
+    await sink.load_state()
+    async with asyncio.TaskGroup() as tg:
+        run = tg.create_task(sink.run())
+        for start in range(0, n, 1000):
+            await sink.accept(Batch(events=tuple(make_event(i) for i in range(start, min(n, start + 1000)))))
+        broker.start()
+        sub = subscriber(broker.port, n)
+        t0 = time.perf_counter()
+        await wait_proc(sub, 600)
+        elapsed = time.perf_counter() - t0
+        await sink.close()
+        await run
+    return elapsed
+
+
+async def latency(work: Path, port: int, rate: int, seconds: float) -> tuple[float, float, int]:
+    site = site_config(work / "lat", f"mqtt://127.0.0.1:{port}", max_inflight=WINDOW)
+    sink = DeliverySink(site, config_hash="bench", version="bench")
+    await sink.load_state()
+    async with asyncio.TaskGroup() as tg:
+        run = tg.create_task(sink.run())
+        await until(lambda: sink.stats.connected)
+        loop = asyncio.get_running_loop()
+        total = int(rate * seconds)
+        start = loop.time()
+
+        async def one(i: int) -> None:
+            await sink.accept(Batch(events=(make_event(i),)))
+
+        async with asyncio.TaskGroup() as producers:
+            for i in range(total):
+                producers.create_task(one(i))
+                delay = start + (i + 1) / rate - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+        await until(lambda: sink.stats.published >= total)
+        samples = sorted(list(sink.stats.latency)[-total:])
+        await sink.close()
+        await run
+    p50 = statistics.median(samples)
+    p99 = samples[int(len(samples) * 0.99) - 1]
+    return p50, p99, len(samples)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--backlog", type=int, default=100_000)
+    parser.add_argument("--rate", type=int, default=1_000)
+    parser.add_argument("--producers", type=int, default=PRODUCERS, help="concurrent accept() callers")
+    parser.add_argument("--batch", type=int, default=1, help="events per accept() call")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only-throughput", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        with Mosquitto(work / "broker", extra_config="max_inflight_messages 0") as broker:
+            # Rounds of raw, sink, raw: each sink run is compared with the raw runs around it, and the
+            # median ratio is reported, because the shared machine's load swings within a minute.
+            ratios = []
+            raw = await raw_loop(broker.port, args.events)
+            for round_ in range(args.rounds):
+                elapsed, accepted, commits = await sink_loop(work, broker.port, args.events, args.producers, args.batch)
+                raw_next = await raw_loop(broker.port, args.events)
+                raw_rate = args.events / ((raw + raw_next) / 2)
+                sink_rate = args.events / elapsed
+                ratios.append(sink_rate / raw_rate)
+                print(
+                    f"round {round_ + 1}: raw aiomqtt window {WINDOW} {raw_rate:,.0f} ev/s; DeliverySink"
+                    f" ({args.producers} producers x {args.batch} ev/batch) {sink_rate:,.0f} ev/s"
+                    f" (accepted in {accepted:.2f}s, {args.events / commits:.1f} ev/commit); ratio {ratios[-1]:.2f}"
+                )
+                raw = raw_next
+            print(f"ratio sink/raw, median of {args.rounds}: {statistics.median(ratios):.2f}")
+            if args.only_throughput:
+                return
+            p50, p99, count = await latency(work, broker.port, args.rate, 10.0)
+            print(f"latency hand-off -> PUBACK at {args.rate} ev/s: p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms"
+                  f" ({count} samples)")
+            seconds = await drain(work, broker, args.backlog)
+            print(f"drain of {args.backlog:,} backlog: {seconds:.1f}s = {args.backlog / seconds:,.0f} ev/s")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

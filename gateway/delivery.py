@@ -1,0 +1,328 @@
+"""The production EventSink: durable journal + MQTT publisher to the meldkamer.
+
+`accept` returns only after the batch's events and state rows are committed (fsync'd) in the journal.
+Concurrent callers share commits: they queue (bounded: back-pressure, never a drop) for one writer task,
+which commits everything queued in one transaction on the journal's own thread, so SQLite never blocks
+the event loop and throughput does not hinge on one fsync per event. `run` drives the writer, the
+publisher (status, heartbeats, events, point states), marking of PUBACKs and the retention pruner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+from gateway.config.models import SiteConfig
+from gateway.delivery_contract import HeartbeatDoc, StatusDoc
+from gateway.delivery_outbox import Outbox
+from gateway.delivery_stats import DeliveryStats
+from gateway.event import Event
+from gateway.journal import CommitResult, Journal, Journaled, JournalError, parse_page
+from gateway.publisher import Publisher
+from gateway.state import Batch, DeviceState, PointState
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+QUEUE_BATCHES = 1_024  # accept() callers waiting for the writer before back-pressure
+GROUP_MAX = 2_048  # batches per commit
+MARK_INTERVAL = 0.1  # seconds between writes of PUBACK marks
+PRUNE_INTERVAL = 600.0
+CLOSE_GRACE = 3.0
+
+
+@dataclass(slots=True)
+class _Pending:
+    batch: Batch
+    handed_at: float
+    future: asyncio.Future[list[Event]]
+
+
+def journal_path(site: SiteConfig) -> Path:
+    return site.journal.data_dir / f"{site.site.id}.journal.sqlite3"
+
+
+class DeliverySink:
+    """EventSink of the gateway: see the module docstring. `stats` is exported by the metrics endpoint."""
+
+    def __init__(
+        self,
+        site: SiteConfig,
+        *,
+        config_hash: str,
+        version: str,
+        devices: Callable[[], tuple[int, int]] = lambda: (0, 0),
+        close_grace: float = CLOSE_GRACE,
+    ) -> None:
+        self.site = site
+        self.stats = DeliveryStats()
+        self._config_hash = config_hash
+        self._version = version
+        self._devices = devices
+        self._close_grace = close_grace
+        self._started_at = datetime.now(UTC)
+        self._journal = Journal(
+            journal_path(site),
+            site=site.site.id,
+            max_bytes=site.journal.max_bytes,
+            retention=site.journal.retention,
+        )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcmk-journal")
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=QUEUE_BATCHES)
+        self._open_lock = asyncio.Lock()
+        self._opened = False
+        self._closed = False
+        self._running = False
+        self._write_failed = False  # the last journal write (commit or marks) failed
+        self._finished = asyncio.Event()
+        self.outbox = Outbox(site.site.id, self._read_undelivered)
+        self.publisher = Publisher(
+            site, self.outbox, self.stats, online=self._online, offline=self._offline, heartbeat=self._heartbeat
+        )
+
+    # --- EventSink ---------------------------------------------------------------------------------------
+
+    async def load_state(self) -> tuple[list[PointState], list[DeviceState]]:
+        await self._open()
+        return await self._db(self._journal.load_state)
+
+    async def accept(self, batch: Batch) -> Sequence[Event]:
+        """Journals the batch; returns its events with seq (shed info events are left out)."""
+        if self._closed:
+            raise JournalError("delivery sink is closed")
+        if not batch:
+            return []
+        future: asyncio.Future[list[Event]] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(batch, time.time(), future))
+        return await future
+
+    async def run(self) -> None:
+        await self._open()
+        self._running = True
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._writer())
+                tg.create_task(self._marker())
+                tg.create_task(self._pruner())
+                await self.publisher.run()  # returns after close() asked it to stop
+                raise _Stopped
+        except* _Stopped:
+            pass
+        finally:
+            self._running = False
+            self._fail_queued(JournalError("delivery sink stopped"))
+            await self._flush_marks()
+            self._finished.set()
+
+    async def close(self) -> None:
+        """Clean shutdown: commit what is queued, drain for a short grace, publish `offline`, disconnect."""
+        if self._closed:
+            return
+        if self._running:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), self._close_grace)
+        self._closed = True
+        if self._running:
+            self.publisher.request_stop(self._close_grace)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._finished.wait(), self._close_grace + 5.0)
+        if self._opened:
+            await self._flush_marks()
+            await self._db(self._journal.close)
+        self._executor.shutdown(wait=True)
+
+    @property
+    def journal_writable(self) -> bool:
+        """For readiness: False once closed, and after a failed journal write until one succeeds again."""
+        return self._opened and not self._closed and not self._write_failed
+
+    # --- journal access ----------------------------------------------------------------------------------
+
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
+
+    async def _open(self) -> None:
+        async with self._open_lock:
+            if self._opened:
+                return
+            await self._db(self._journal.open)
+            self._opened = True
+            first = await self._db(self._journal.first_undelivered_seq)
+            states = await self._db(self._journal.dirty_states)
+            self.outbox.start(first, self._journal.last_seq, states)
+            self.stats.last_seq = self._journal.last_seq
+            self.stats.journal_depth = self._journal.depth
+
+    async def _read_undelivered(self, from_seq: int, limit: int) -> list[Journaled]:
+        return parse_page(await self._db(self._journal.read_undelivered_json, from_seq, limit))
+
+    # --- tasks -------------------------------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        """The single writer: group commit of everything queued, then hand the events to the outbox."""
+        while True:
+            group = [await self._queue.get()]
+            while len(group) < GROUP_MAX and not self._queue.empty():
+                group.append(self._queue.get_nowait())
+            try:
+                plan = self._journal.plan(
+                    [item.batch for item in group],
+                    now=time.time(),
+                    link_down=not self.stats.connected,
+                    handed_at=[item.handed_at for item in group],
+                )
+            except Exception as exc:  # a bug, not an I/O error: fail the callers, then crash loudly
+                self._finish(group, exc)
+                for _ in group:
+                    self._queue.task_done()
+                raise
+            commit = asyncio.ensure_future(self._db(self._journal.write, plan))
+            try:
+                try:
+                    await asyncio.shield(commit)
+                except asyncio.CancelledError:
+                    # Stopping mid-commit: let the commit under way finish, so its callers learn whether
+                    # their events are durable, then stop.
+                    outcome = await _outcome(commit)
+                    self._finish(group, plan.result if outcome is None else outcome)
+                    raise
+                except Exception as exc:
+                    self._finish(group, exc)
+                    if not isinstance(exc, JournalError):
+                        raise
+                else:
+                    self._finish(group, plan.result)
+            finally:
+                for _ in group:
+                    self._queue.task_done()
+
+    def _finish(self, group: list[_Pending], outcome: CommitResult | BaseException) -> None:
+        if isinstance(outcome, CommitResult):
+            self._committed(group, outcome)
+            return
+        error = outcome if isinstance(outcome, JournalError) else JournalError(f"journal writer failed: {outcome!r}")
+        self._write_failed = True
+        log.error("journal_commit_failed", error=str(error), batches=len(group))
+        for item in group:
+            if not item.future.done():
+                item.future.set_exception(error)
+
+    def _committed(self, group: list[_Pending], result: CommitResult) -> None:
+        self._write_failed = False
+        self.stats.commits += 1
+        self.stats.committed_batches += len(group)
+        self.stats.journaled += len(result.journaled)
+        self.stats.last_seq = self._journal.last_seq
+        self.stats.journal_depth = self._journal.depth
+        if result.shed:
+            self.stats.shed += result.shed
+            log.warning("journal_info_shed", count=result.shed, total=self._journal.shed_total)
+        self.outbox.committed(result.journaled, result.states)
+        for item, events in zip(group, result.per_batch, strict=True):
+            if not item.future.done():
+                item.future.set_result(events)
+
+    def _fail_queued(self, exc: Exception) -> None:
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if not item.future.done():
+                item.future.set_exception(exc)
+            self._queue.task_done()
+
+    async def _marker(self) -> None:
+        while True:
+            await asyncio.sleep(MARK_INTERVAL)
+            await self._flush_marks()
+
+    async def _flush_marks(self) -> None:
+        seqs, states = self.outbox.take_marks()
+        if not (seqs or states) or not self._opened or self._journal_closed():
+            return
+        try:
+            await self._db(self._journal.mark_delivered, seqs, time.time())
+            await self._db(self._journal.mark_states_published, states)
+        except JournalError as exc:
+            self._write_failed = True
+            log.error("journal_mark_failed", error=str(exc))
+        self.stats.journal_depth = self._journal.depth
+
+    def _journal_closed(self) -> bool:
+        try:
+            _ = self._journal.db
+        except JournalError:
+            return True
+        return False
+
+    async def _pruner(self) -> None:
+        while True:
+            try:
+                pruned = await self._db(self._journal.prune, time.time())
+            except JournalError as exc:
+                log.error("journal_prune_failed", error=str(exc))
+            else:
+                if pruned:
+                    log.info("journal_pruned", events=pruned)
+            await asyncio.sleep(PRUNE_INTERVAL)
+
+    # --- documents ---------------------------------------------------------------------------------------
+
+    def _online(self) -> StatusDoc:
+        return self._status("online", "connected", last_seq=self.stats.last_seq, at=datetime.now(UTC))
+
+    def _offline(self, reason: str) -> StatusDoc:
+        if reason == "shutdown":
+            return self._status("offline", "shutdown", last_seq=self.stats.last_seq, at=datetime.now(UTC))
+        return self._status("offline", "connection lost", last_seq=None, at=None)
+
+    def _status(self, status: Any, reason: Any, *, last_seq: int | None, at: datetime | None) -> StatusDoc:
+        return StatusDoc(
+            site=self.site.site.id,
+            status=status,
+            reason=reason,
+            version=self._version,
+            config_hash=self._config_hash,
+            started_at=self._started_at,
+            at=at,
+            last_seq=last_seq,
+        )
+
+    async def _heartbeat(self) -> HeartbeatDoc:
+        oldest = await self._db(self._journal.oldest_undelivered_at)
+        now = time.time()
+        online, total = self._devices()
+        self.stats.journal_depth = self._journal.depth
+        self.stats.oldest_undelivered_age = None if oldest is None else max(0.0, now - oldest)
+        return HeartbeatDoc(
+            site=self.site.site.id,
+            at=datetime.fromtimestamp(now, UTC),
+            interval=self.site.supervision.heartbeat_interval,
+            last_seq=self.stats.last_seq,
+            journal_depth=self._journal.depth,
+            oldest_undelivered_age=self.stats.oldest_undelivered_age,
+            devices_online=online,
+            devices_total=total,
+            info_shed=self._journal.shed_total,
+        )
+
+
+async def _outcome(future: asyncio.Future[None]) -> BaseException | None:
+    try:
+        await future
+    except Exception as exc:
+        return exc
+    return None
+
+
+class _Stopped(Exception):
+    """Internal: the publisher returned after close(); ends run()'s task group."""

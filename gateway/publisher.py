@@ -1,0 +1,362 @@
+"""The MQTT link to the meldkamer: one long-lived aiomqtt client, QoS 1, bounded in-flight window.
+
+Why this shape (see ../shared/notes/libraries.md): aiomqtt has no offline queue and a publish returns only
+after its PUBACK, so the journal is our queue and the outbox decides the order; an unbounded gather of
+publishes is several times slower than a bounded window. The client is reused across reconnects (jittered
+exponential backoff) with a persistent session; an event is marked delivered only on its PUBACK, and
+what was in flight when a session died is published again (same event_id) on the next one.
+TLS verifies the broker by default; plain TCP only with `insecure: true`, never as a fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiomqtt
+import structlog
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from gateway.config.models import MqttConfig, SiteConfig
+from gateway.delivery_contract import CONTENT_TYPE, HeartbeatDoc, StatusDoc, heartbeat_topic, status_topic
+from gateway.delivery_outbox import Outbox, Outgoing
+from gateway.delivery_stats import DeliveryStats
+from gateway.errors import ConfigError, DeliveryError
+
+log = structlog.get_logger(__name__)
+
+BACKOFF_MIN = 0.2
+BACKOFF_MAX = 5.0
+SESSION_EXPIRY = 7 * 86400  # seconds the broker keeps our session (MQTT 5)
+EXTRA_INFLIGHT = 8  # status and heartbeat publishes besides the event window
+PROBE_TIMEOUT = 3.0  # protocol "auto": how long an MQTT 5 CONNECT may go unanswered before trying 3.1.1
+# paho does not set TCP_NODELAY: Nagle + delayed ACK then add ~40 ms per hop whenever a small packet waits
+# behind an unacknowledged one (bench/bench_commands.py). The broker needs `set_tcp_nodelay true` as well.
+NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+
+
+def tls_context(mqtt: MqttConfig) -> ssl.SSLContext | None:
+    """Verification on (system CAs or tls.ca_file); client certificate for mTLS. None only for insecure."""
+    if not mqtt.uses_tls:
+        return None
+    ca = str(mqtt.tls.ca_file) if mqtt.tls.ca_file is not None else None
+    try:
+        context = ssl.create_default_context(cafile=ca)
+        if mqtt.tls.cert_file is not None and mqtt.tls.key_file is not None:
+            context.load_cert_chain(str(mqtt.tls.cert_file), str(mqtt.tls.key_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError([f"mqtt.tls: cannot load certificates: {exc}"]) from exc
+    return context
+
+
+def password(mqtt: MqttConfig) -> str | None:
+    if mqtt.password_file is not None:
+        try:
+            return mqtt.password_file.read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError([f"mqtt.password_file: {exc}"]) from exc
+    if mqtt.password_env is not None:
+        value = os.environ.get(mqtt.password_env)
+        if value is None:
+            raise ConfigError([f"mqtt.password_env: environment variable {mqtt.password_env} is not set"])
+        return value
+    return None
+
+
+class _PackedProperties(Properties):
+    """Constant PUBLISH properties, packed once: paho re-packs on every publish, at a cost comparable to
+    the rest of the publish."""
+
+    def __init__(self, schema: str, expiry: int | None) -> None:
+        super().__init__(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        self.ContentType = CONTENT_TYPE
+        self.UserProperty = [("schema", schema)]
+        if expiry is not None:
+            self.MessageExpiryInterval = expiry
+        object.__setattr__(self, "_packed", super().pack())  # type: ignore[no-untyped-call]
+
+    def pack(self) -> bytes:
+        packed: bytes = self.__dict__["_packed"]
+        return packed
+
+
+def _properties(schema: str, expiry: int | None = None) -> Properties:
+    return _PackedProperties(schema, expiry)
+
+
+def _refuses_protocol(exc: BaseException) -> bool:
+    """A 3.1.1-only broker answers an MQTT 5 CONNECT with 'unacceptable protocol version', or (amqtt, which
+    cannot parse an MQTT 5 will) drops it without any CONNACK: the TCP connection worked, MQTT 5 did not."""
+    if isinstance(exc, MqttConnectError):
+        return getattr(exc.rc, "value", exc.rc) in (1, 132)
+    return isinstance(exc, aiomqtt.MqttError) and str(exc) == "Operation timed out"
+
+
+class Publisher:
+    """Runs MQTT sessions until stopped; each session publishes status, heartbeats and the outbox."""
+
+    def __init__(
+        self,
+        site: SiteConfig,
+        outbox: Outbox,
+        stats: DeliveryStats,
+        *,
+        online: Callable[[], StatusDoc],
+        offline: Callable[[str], StatusDoc],
+        heartbeat: Callable[[], Awaitable[HeartbeatDoc]],
+    ) -> None:
+        self._site = site
+        self._mqtt = site.mqtt
+        self._outbox = outbox
+        self._stats = stats
+        self._online = online
+        self._offline = offline
+        self._heartbeat = heartbeat
+        self._tls = tls_context(site.mqtt)
+        self._password = password(site.mqtt)
+        self._protocol: aiomqtt.ProtocolVersion | None = (
+            None if self._mqtt.protocol == "auto"
+            else aiomqtt.ProtocolVersion.V5 if self._mqtt.protocol == "5"
+            else aiomqtt.ProtocolVersion.V311
+        )
+        self._stop = asyncio.Event()
+        self.client: aiomqtt.Client | None = None  # the current client (tests inspect its socket)
+        self._grace = 0.0
+        self._v5 = False
+        self._event_props: Properties | None = None
+        self._state_props: Properties | None = None
+        self._status_props: Properties | None = None
+        self._heartbeat_props: Properties | None = None
+        self._timeout = max(5.0, 2 * self._mqtt.keepalive)
+        self._status_topic = status_topic(site.site.id)
+        self._heartbeat_topic = heartbeat_topic(site.site.id)
+        stats.insecure = not self._mqtt.uses_tls
+        if stats.insecure:
+            log.warning("mqtt_insecure", url=self._mqtt.url, detail="plain TCP without TLS (insecure: true)")
+
+    def request_stop(self, grace: float) -> None:
+        """Ask the running loop to drain for up to `grace` seconds, publish `offline` and disconnect."""
+        self._grace = grace
+        self._stop.set()
+
+    # --- the connection loop -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connects, serves, reconnects with jittered exponential backoff; returns after request_stop."""
+        client: aiomqtt.Client | None = None
+        failures = 0
+        while not self._stop.is_set():
+            if client is None:
+                client = self._client(self._protocol or aiomqtt.ProtocolVersion.V5)
+            error: BaseException | None = None
+            try:
+                await self._session(client)
+            except* (aiomqtt.MqttError, OSError, DeliveryError) as group:
+                error = _first(group)
+            finally:
+                self._disconnected()
+            if error is not None:
+                if self._protocol is None and self._stats.connects == 0 and _refuses_protocol(error):
+                    log.info("mqtt_fallback_311", reason=str(error))
+                    self._protocol = aiomqtt.ProtocolVersion.V311
+                    client = None
+                    continue
+                failures += 1
+                self._stats.last_error = f"{type(error).__name__}: {error}"
+                log.warning("mqtt_link_down", error=self._stats.last_error, failures=failures)
+            if self._stop.is_set():
+                break
+            delay = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** min(failures, 16))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay * random.uniform(0.5, 1.0))
+
+    def _client(self, protocol: aiomqtt.ProtocolVersion) -> aiomqtt.Client:
+        v5 = protocol == aiomqtt.ProtocolVersion.V5
+        will = self._offline("connection lost")
+        connect_props: Properties | None = None
+        if v5:
+            connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            connect_props.SessionExpiryInterval = SESSION_EXPIRY
+        session: dict[str, Any] = (
+            {"clean_start": False, "properties": connect_props} if v5 else {"clean_session": False}
+        )
+        client = aiomqtt.Client(
+            self._mqtt.host,
+            self._mqtt.port,
+            identifier=self._site.client_id,
+            username=self._mqtt.username,
+            password=self._password,
+            protocol=protocol,
+            **session,
+            will=aiomqtt.Will(
+                self._status_topic,
+                will.to_json(),
+                qos=1,
+                retain=True,
+                properties=_properties("gcmk.status.v1") if v5 else None,
+            ),
+            keepalive=max(1, round(self._mqtt.keepalive)),
+            timeout=self._timeout,
+            max_inflight_messages=self._mqtt.max_inflight + EXTRA_INFLIGHT,
+            tls_context=self._tls,
+            socket_options=NODELAY,
+            logger=logging.getLogger("gateway.mqtt"),
+        )
+        client.pending_calls_threshold = self._mqtt.max_inflight + 2 * EXTRA_INFLIGHT
+        self.client = client
+        self._v5 = v5
+        self._event_props = _properties("gcmk.event.v1") if v5 else None
+        self._state_props = _properties("gcmk.state.v1") if v5 else None
+        self._status_props = _properties("gcmk.status.v1") if v5 else None
+        interval = self._site.supervision.heartbeat_interval
+        self._heartbeat_props = _properties("gcmk.heartbeat.v1", max(1, round(3 * interval))) if v5 else None
+        return client
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        # aiomqtt 2.5 leaves `_connected` resolved after an unexpected disconnect, so the next __aenter__
+        # would return before the CONNACK; a fresh future makes it wait for the real answer.
+        if client._connected.done():
+            client._connected = asyncio.get_running_loop().create_future()
+        probing = self._protocol is None and self._stats.connects == 0
+        client.timeout = min(self._timeout, PROBE_TIMEOUT) if probing else self._timeout
+        try:
+            await client.__aenter__()
+        except aiomqtt.MqttError:
+            self._stats.connect_errors += 1
+            _release(client)
+            raise
+        except BaseException:
+            _release(client)
+            raise
+        client.timeout = self._timeout
+        try:
+            await self._serve(client)
+        except asyncio.CancelledError:
+            # Cancelled without request_stop (service shutting down): still say `offline` if we can.
+            await self._say_offline(client)
+            raise
+        except BaseException:
+            await self._leave_with_will(client)
+            raise
+        finally:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.__aexit__(None, None, None)
+            _release(client)
+
+    async def _leave_with_will(self, client: aiomqtt.Client) -> None:
+        """The session failed (e.g. a publish timed out) while the socket may still be up. A plain
+        DISCONNECT would make the broker discard the will and leave `online` standing; MQTT 5 can ask for
+        the will (reason 4). With 3.1.1 the will fires only when the broker itself notices the loss."""
+        if not self._v5 or client._disconnected.done():
+            return
+        client._client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, aName="Disconnect with will message"))
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(client._disconnected), 1.0)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        self._stats.connected = True
+        self._stats.connects += 1
+        if self._stats.connects > 1:
+            self._stats.reconnects += 1
+        self._stats.protocol = "5" if self._v5 else "3.1.1"
+        self._outbox.link(True)
+        log.info("mqtt_connected", url=self._mqtt.url, protocol=self._stats.protocol)
+        await self._publish(client, self._status_topic, self._online().to_json(), True, self._status_props)
+        async with asyncio.TaskGroup() as tg:
+            watch = tg.create_task(self._watch(client))
+            beat = tg.create_task(self._beat(client))
+            pump = tg.create_task(self._pump(client))
+            await self._stop.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._outbox.drained(), self._grace)
+            for task in (pump, beat, watch):
+                task.cancel()
+        await self._say_offline(client)
+
+    async def _say_offline(self, client: aiomqtt.Client) -> None:
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            doc = self._offline("shutdown").to_json()
+            await asyncio.wait_for(self._publish(client, self._status_topic, doc, True, self._status_props), 2.0)
+
+    def _disconnected(self) -> None:
+        if self._stats.connected:
+            log.info("mqtt_disconnected")
+        self._stats.connected = False
+        self._outbox.link(False)
+        self._outbox.lost()
+
+    async def _publish(
+        self, client: aiomqtt.Client, topic: str, payload: str, retain: bool, props: Properties | None
+    ) -> None:
+        await client.publish(topic, payload, qos=1, retain=retain, properties=props, timeout=self._timeout)
+
+    # --- tasks of one session ----------------------------------------------------------------------------
+
+    async def _watch(self, client: aiomqtt.Client) -> None:
+        """Raises MqttError when the connection drops (we subscribe to nothing, so no message arrives)."""
+        async for _ in client.messages:
+            pass
+        raise DeliveryError("MQTT message stream ended")
+
+    async def _beat(self, client: aiomqtt.Client) -> None:
+        interval = self._site.supervision.heartbeat_interval
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        while True:
+            doc = await self._heartbeat()
+            await self._publish(client, self._heartbeat_topic, doc.to_json(), False, self._heartbeat_props)
+            self._stats.heartbeats += 1
+            due = max(due + interval, loop.time())
+            await asyncio.sleep(due - loop.time())
+
+    async def _pump(self, client: aiomqtt.Client) -> None:
+        window = asyncio.Semaphore(self._mqtt.max_inflight)
+        async with asyncio.TaskGroup() as sends:
+            while True:
+                await window.acquire()
+                try:
+                    item = await self._outbox.next()
+                except BaseException:
+                    window.release()
+                    raise
+                sends.create_task(self._send(client, item, window))
+
+    async def _send(self, client: aiomqtt.Client, item: Outgoing, window: asyncio.Semaphore) -> None:
+        try:
+            props = self._event_props if item.kind == "event" else self._state_props
+            await self._publish(client, item.topic, item.payload, item.kind == "state", props)
+        except aiomqtt.MqttError:
+            self._stats.publish_errors += 1
+            raise
+        finally:
+            window.release()
+        if item.kind == "event":
+            self._stats.published += 1
+            self._stats.observe_latency(time.time() - item.detected_at)  # end to end: detection -> PUBACK
+        else:
+            self._stats.published_states += 1
+        self._outbox.acked(item)
+
+
+def _release(client: aiomqtt.Client) -> None:
+    """aiomqtt keeps its reuse lock when connect or disconnect is interrupted; the client must stay reusable."""
+    if client._lock.locked():
+        client._lock.release()
+
+
+def _first(group: BaseExceptionGroup[Any]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
