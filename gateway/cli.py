@@ -75,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         "--overlay-out", type=Path, metavar="FILE", help="write the overlay that points a gateway at the simulators"
     )
     simulate.add_argument("--scenario", type=Path, metavar="FILE", help="play a scenario (simulators/scenarios/)")
+    simulate.add_argument("--scenario-on-signal", action="store_true", help="start the scenario on SIGUSR1")
     simulate.set_defaults(handler=_simulate)
 
     demo = commands.add_parser("demo", help="four buildings, live: broker, simulators, gateways, meldkamer console")
@@ -134,8 +135,9 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _schema(args: argparse.Namespace) -> int:
     if args.which == "site":
-        schema: dict[str, Any] = SiteConfig.model_json_schema(by_alias=True)
-        schema["title"] = "GCMK gateway site config"
+        from gateway.config.loader import site_json_schema
+
+        schema: dict[str, Any] = site_json_schema()
     else:
         from gateway.event import event_json_schema
 
@@ -164,13 +166,13 @@ async def _run_gateway(site: SiteConfig, sink_name: str, cfg_hash: str) -> int:
         from gateway.delivery import DeliverySink
 
         sink = DeliverySink(site, config_hash=cfg_hash, version=__version__, devices=normaliser.devices_online)
-    await run_until_signalled(Gateway(site, sink, normaliser=normaliser))
+    await run_until_signalled(Gateway(site, sink, normaliser=normaliser, config_hash=cfg_hash))
     return EXIT_OK
 
 
 def _simulate(args: argparse.Namespace) -> int:
     site = load_site(args.site)
-    return asyncio.run(_simulate_site(site, args.overlay_out, args.scenario))
+    return asyncio.run(_simulate_site(site, args.overlay_out, args.scenario, args.scenario_on_signal))
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -210,13 +212,19 @@ async def _receive_until(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _simulate_site(site: SiteConfig, overlay_out: Path | None, scenario_path: Path | None) -> int:
+async def _simulate_site(
+    site: SiteConfig, overlay_out: Path | None, scenario_path: Path | None, on_signal: bool = False
+) -> int:
+    """Serve the building's simulated devices; optionally play its part of a scenario (at once, or on
+    SIGUSR1 so that a demo can start every building's part when all gateways are online)."""
     import signal
 
     from ruamel.yaml import YAML
 
+    from simulators.scenario import load_scenario, play
     from simulators.site import SiteSimulator
 
+    scenario = load_scenario(scenario_path).for_site(site.site.id) if scenario_path is not None else None
     simulator = SiteSimulator(site)
     await simulator.start()
     try:
@@ -224,25 +232,40 @@ async def _simulate_site(site: SiteConfig, overlay_out: Path | None, scenario_pa
         for device_id, endpoint in overlay.get("devices", {}).items():
             print(f"{device_id}: {endpoint.get('host') or endpoint.get('address')}:{endpoint['port']}", flush=True)
         if overlay_out is not None:
-            with overlay_out.open("w", encoding="utf-8") as out:
+            partial = overlay_out.with_suffix(".partial")
+            with partial.open("w", encoding="utf-8") as out:
                 YAML(typ="safe").dump(overlay, out)
+            partial.replace(overlay_out)  # appears whole or not at all: a demo waits for it
             print(f"overlay written to {overlay_out}", flush=True)
         stop = asyncio.Event()
+        go = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, go.set)
         print("simulating; Ctrl-C to stop", flush=True)
-        if scenario_path is not None:
-            from simulators.scenario import load_scenario, play
-
-            scenario = load_scenario(scenario_path)
-            print(f"playing scenario '{scenario.name}' ({scenario.duration:g} s)", flush=True)
-            await play(scenario, {site.site.id: simulator}, default_site=site.site.id)
-            print("scenario done", flush=True)
+        if scenario is not None:
+            if on_signal:
+                await _first(go, stop)
+            if not stop.is_set():
+                print(f"playing scenario '{scenario.name}' ({len(scenario.steps)} steps)", flush=True)
+                player = asyncio.create_task(play(scenario, {site.site.id: simulator}, default_site=site.site.id))
+                await _first(player, stop)
+                print("scenario done" if player.done() else "scenario stopped", flush=True)
+                player.cancel()
         await stop.wait()
     finally:
         await simulator.stop()
     return EXIT_OK
+
+
+async def _first(*waitables: asyncio.Event | asyncio.Task[None]) -> None:
+    """Wait until the first of these events is set or tasks is done."""
+    tasks = [w if isinstance(w, asyncio.Task) else asyncio.create_task(w.wait()) for w in waitables]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task, waitable in zip(tasks, waitables, strict=True):
+        if task is not waitable:
+            task.cancel()
 
 
 if __name__ == "__main__":

@@ -29,8 +29,7 @@ from ruamel.yaml import YAML
 from gateway.config.loader import load_site
 from gateway.config.models import SiteConfig
 from gateway.receiver import Notice, ReceiverState, print_notice, receive
-from simulators.scenario import SCENARIOS, Expected, Scenario, load_scenario, play
-from simulators.site import SiteSimulator
+from simulators.scenario import SCENARIOS, Expected, Scenario, load_scenario
 
 log = structlog.get_logger(__name__)
 
@@ -50,12 +49,15 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 @dataclass
 class Building:
+    """One building in the demo: its simulator process and its gateway process, as deployed."""
+
     path: Path
     site: SiteConfig
-    simulator: SiteSimulator
-    overlay_path: Path
+    sim_overlay: Path
+    gateway_overlay: Path
     metrics_port: int
-    process: asyncio.subprocess.Process | None = None
+    simulator: asyncio.subprocess.Process | None = None
+    gateway: asyncio.subprocess.Process | None = None
 
 
 def gateway_overlay(sim_overlay: dict[str, Any], broker_url: str, data_dir: Path, metrics_port: int) -> dict[str, Any]:
@@ -122,13 +124,18 @@ async def run_demo(
     lost_after: float = 15.0,
 ) -> int:
     scenario: Scenario = load_scenario(scenario_path)
-    loaded = [(p, load_site(p)) for p in sites]
     work = workdir or Path(tempfile.mkdtemp(prefix="gcmk-demo-"))
     work.mkdir(parents=True, exist_ok=True)
+    buildings = []
+    for path in sites:
+        site = load_site(path)
+        name = site.site.id
+        buildings.append(Building(path, site, work / f"{name}.sim.yaml", work / f"{name}.overlay.yaml", free_port()))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    _say(f"demo of {len(buildings)} buildings; journals, overlays and logs in {work}", as_json)
     async with contextlib.AsyncExitStack() as stack:
         if broker_url is None:
             port = free_port()
@@ -136,25 +143,42 @@ async def run_demo(
             stack.push_async_callback(_terminate, broker)
             broker_url = f"mqtt://127.0.0.1:{port}"
             await _wait_for_port(port, broker)
-        buildings = []
-        for path, site in loaded:
-            simulator = SiteSimulator(site)
-            await simulator.start()
-            stack.push_async_callback(simulator.stop)
-            metrics_port = free_port()
-            overlay = gateway_overlay(simulator.overlay(), broker_url, work / site.site.id, metrics_port)
-            overlay_path = work / f"{site.site.id}.overlay.yaml"
-            with overlay_path.open("w", encoding="utf-8") as out:
+        for b in buildings:  # each building's simulated devices in a process of their own, as in the field
+            b.sim_overlay.unlink(missing_ok=True)
+            b.simulator = await _spawn(
+                [
+                    sys.executable,
+                    "-m",
+                    "gateway.cli",
+                    "--log-level",
+                    "warning",
+                    "simulate",
+                    "--site",
+                    str(b.path),
+                    "--overlay-out",
+                    str(b.sim_overlay),
+                    "--scenario",
+                    str(scenario_path),
+                    "--scenario-on-signal",
+                ],
+                work / f"{b.site.site.id}.sim.log",
+            )
+            stack.push_async_callback(_terminate, b.simulator)
+        for b in buildings:
+            await _wait_for_file(b.sim_overlay, b.simulator)
+            overlay = gateway_overlay(
+                YAML(typ="safe").load(b.sim_overlay.read_text()), broker_url, work / b.site.site.id, b.metrics_port
+            )
+            with b.gateway_overlay.open("w", encoding="utf-8") as out:
                 YAML(typ="safe").dump(overlay, out)
-            buildings.append(Building(path, site, simulator, overlay_path, metrics_port))
 
         state = ReceiverState(lost_after=lost_after)
         console = Console(state, as_json=as_json)
         receiver_stop = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(receive(broker_url, state, console, stop=receiver_stop))
-            for building in buildings:
-                building.process = await _spawn(
+            for b in buildings:
+                b.gateway = await _spawn(
                     [
                         sys.executable,
                         "-m",
@@ -163,19 +187,19 @@ async def run_demo(
                         "warning",
                         "run",
                         "--site",
-                        str(building.path),
+                        str(b.path),
                         "--overlay",
-                        str(building.overlay_path),
+                        str(b.gateway_overlay),
                     ],
-                    work / f"{building.site.site.id}.log",
+                    work / f"{b.site.site.id}.log",
                 )
             try:
                 code = await _drive(buildings, scenario, state, console, stop, duration, work, as_json)
             finally:
-                for building in buildings:
-                    if building.process is not None:
-                        await _terminate(building.process)
                 receiver_stop.set()
+                for b in buildings:
+                    if b.gateway is not None:
+                        await _terminate(b.gateway)
     return code
 
 
@@ -205,27 +229,27 @@ async def _drive(
         return 1
     for b in buildings:
         _say(f"{b.site.site.id}: metrics on http://127.0.0.1:{b.metrics_port}/metrics", as_json)
-    simulators = {b.site.site.id: b.simulator for b in buildings}
     expected = scenario.expected()
-    player = asyncio.create_task(play(scenario, simulators))
+    for b in buildings:  # every building plays its part of the scenario from now
+        if b.simulator is not None and b.simulator.returncode is None:
+            b.simulator.send_signal(signal.SIGUSR1)
+    _say(f"playing scenario '{scenario.name}': {sum(e.count for e in expected)} events expected", as_json)
+    scenario_end = time.monotonic() + scenario.duration
     last_table = time.monotonic()
-    try:
-        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-            if player.done() and player.exception() is not None:
-                raise player.exception()  # type: ignore[misc]
-            if deadline is not None and player.done() and not missing(expected, console.arrived) and _no_gaps(state):
-                break  # everything arrived: no need to wait out the full duration
-            console.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(console.changed.wait(), timeout=1.0)
-            if not as_json and time.monotonic() - last_table > 10:
-                print(console.table(), flush=True)
-                last_table = time.monotonic()
-    finally:
-        if not player.done():
-            player.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await player
+    while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+        for b in buildings:
+            if b.gateway is not None and b.gateway.returncode is not None:
+                _say(f"{b.site.site.id}: gateway exited with {b.gateway.returncode}; log in {work}", as_json)
+                stop.set()
+        done = time.monotonic() > scenario_end and not missing(expected, console.arrived) and _no_gaps(state)
+        if deadline is not None and done:
+            break  # everything arrived: no need to wait out the full duration
+        console.changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(console.changed.wait(), timeout=1.0)
+        if not as_json and time.monotonic() - last_table > 10:
+            print(console.table(), flush=True)
+            last_table = time.monotonic()
     summary = state.summary()
     absent = missing(expected, console.arrived)
     summary["scenario"] = {
@@ -299,6 +323,14 @@ async def _terminate(process: asyncio.subprocess.Process, grace: float = 10.0) -
     except TimeoutError:
         process.kill()
         await process.wait()
+
+
+async def _wait_for_file(path: Path, process: asyncio.subprocess.Process | None, within: float = 60.0) -> None:
+    deadline = time.monotonic() + within
+    while not await asyncio.to_thread(path.exists):
+        if (process is not None and process.returncode is not None) or time.monotonic() > deadline:
+            raise RuntimeError(f"{path.name} did not appear: see {path.with_suffix('.log')}")
+        await asyncio.sleep(0.05)
 
 
 async def _wait_for_port(port: int, process: asyncio.subprocess.Process, within: float = 20.0) -> None:

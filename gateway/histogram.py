@@ -2,17 +2,13 @@
 
 Prometheus histograms must count every observation since the process started: a window of recent samples
 (a deque) cannot be turned into buckets whose counts only ever grow. `Buckets` is the cheap thing a hot
-path calls `observe()` on. `DequeFeed` bridges stats objects that still keep only a bounded deque plus a
-running count: at each scrape it moves the samples appended since the previous scrape into `Buckets`
-(exact as long as fewer than the deque's maxlen samples arrive between two scrapes; any beyond that are
-counted in `missed`).
+path calls `observe()` on; the stats owners keep one next to their deque of recent samples.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-from collections import deque
 from collections.abc import Sequence
 
 # seconds; one Modbus/BACnet poll on a LAN or a serial line (5 ms .. 5 s)
@@ -51,27 +47,3 @@ class Buckets:
 
 def _le(bound: float) -> str:
     return repr(bound) if bound != int(bound) else f"{bound:.1f}"
-
-
-class DequeFeed:
-    """Moves new samples from a bounded deque into `Buckets`, given the owner's running sample count."""
-
-    __slots__ = ("_seen", "buckets", "missed")
-
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.buckets = Buckets(bounds)
-        self._seen = 0
-        self.missed = 0  # samples that fell out of the deque before a scrape saw them
-
-    def update(self, samples: deque[float], total: int) -> Buckets:
-        new = total - self._seen
-        if new < 0:  # the owner was replaced (restarted component): start over
-            self.buckets = Buckets(self.buckets.bounds)
-            self._seen, new = 0, total
-        if new:
-            available = min(new, len(samples))
-            self.missed += new - available
-            for value in list(samples)[len(samples) - available :]:
-                self.buckets.observe(value)
-            self._seen = total
-        return self.buckets

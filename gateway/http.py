@@ -2,7 +2,9 @@
 
 A minimal HTTP/1.1 responder on asyncio streams, so the server is one more task in the gateway's
 TaskGroup (no thread to leak or to outlive the loop). Only GET and HEAD; every response closes the
-connection; a request that is not understood gets 400, never an exception out of the server.
+connection; a request that is not understood gets 400 and a handler that raises gets 500 (logged), never
+an exception out of the server. Handlers are synchronous: they read plain attributes, so a scrape cannot
+interleave with the components it reports on.
 """
 
 from __future__ import annotations
@@ -27,7 +29,14 @@ class Response:
 
 
 Handler = Callable[[], Response]
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 class OperatorServer:
@@ -79,4 +88,8 @@ class OperatorServer:
         handler = self._routes.get(target)
         if handler is None:
             return Response(404, b"not found\n"), method == "HEAD"
-        return handler(), method == "HEAD"
+        try:
+            return handler(), method == "HEAD"
+        except Exception:
+            log.exception("operator endpoint failed", path=target)
+            return Response(500, b"internal error\n"), method == "HEAD"

@@ -19,11 +19,14 @@ from dataclasses import dataclass, field
 import structlog
 
 from adapters.base import Adapter
+from gateway.commands import CommandProcessor
 from gateway.config.models import BacnetDevice, ModbusDevice, SiteConfig
 from gateway.event import utcnow
+from gateway.http import OperatorServer
+from gateway.metrics import operator_endpoints
 from gateway.normaliser import Normaliser
 from gateway.pipeline import Pipeline
-from gateway.sinks import EventSink
+from gateway.sinks import EventSink, StdoutSink
 
 log = structlog.get_logger(__name__)
 
@@ -48,12 +51,22 @@ class Supervisor:
     policy: RestartPolicy = field(default_factory=RestartPolicy)
     restarts: dict[str, int] = field(default_factory=dict)
 
-    async def run(self, name: str, component: Callable[[], Awaitable[None]], *, restart: bool = True) -> None:
+    async def run(
+        self,
+        name: str,
+        component: Callable[[], Awaitable[None]],
+        *,
+        restart: bool = True,
+        stopping: asyncio.Event | None = None,
+    ) -> None:
+        """Run `component`; once `stopping` is set, returning is how a component is meant to end."""
         crashes: list[float] = []
         backoff = self.policy.backoff_initial
         while True:
             try:
                 await component()
+                if stopping is not None and stopping.is_set():
+                    return
                 raise RuntimeError(f"{name} returned unexpectedly")
             except asyncio.CancelledError:
                 raise
@@ -94,6 +107,7 @@ class Gateway:
         *,
         normaliser: Normaliser | None = None,
         supervisor: Supervisor | None = None,
+        config_hash: str = "",
     ) -> None:
         self.site = site
         self.sink = sink
@@ -101,11 +115,22 @@ class Gateway:
         self.normaliser = normaliser or Normaliser(site, epoch=utcnow())
         self.pipeline = Pipeline(self.normaliser, sink)
         self.supervisor = supervisor or Supervisor()
+        # Commands from the meldkamer (gateway/commands.py): only when the site config enables them.
+        # A commissioning run (stdout sink) has no meldkamer link, so it takes no commands either.
+        with_commands = site.commands.enabled and not isinstance(sink, StdoutSink)
+        self.commands = CommandProcessor(site, self.adapters, sink) if with_commands else None
+        self.config_hash = config_hash  # of the site file as deployed (metric gcmk_config_info)
+        self.operator: OperatorServer | None = None  # /metrics, /healthz, /readyz
         self.stopping = asyncio.Event()
         self.started = asyncio.Event()
 
     def stop(self) -> None:
         self.stopping.set()
+
+    @property
+    def operator_port(self) -> int | None:
+        """Port of /metrics, /healthz, /readyz once bound (site.metrics.port 0 = OS-chosen)."""
+        return None if self.operator is None else self.operator.port
 
     async def run(self) -> None:
         points, devices = await self.sink.load_state()
@@ -114,19 +139,42 @@ class Gateway:
             "gateway starting", site=self.site.site.id, devices=len(self.site.devices), points=len(self.site.points)
         )
         async with asyncio.TaskGroup() as tg:
-            sink_task = tg.create_task(self.supervisor.run("sink", self.sink.run, restart=False))
+            sink_task = tg.create_task(
+                self.supervisor.run("sink", self.sink.run, restart=False, stopping=self.stopping)
+            )
+            components = ["sink", "debounce-timer", "operator-http", *(a.name for a in self.adapters)]
+            if self.commands is not None:
+                components.append(self.commands.name)
+            routes = operator_endpoints(self, components).routes()
+            self.operator = OperatorServer(routes, self.site.metrics.listen, self.site.metrics.port)
+            operator_task = tg.create_task(self.supervisor.run("operator-http", self.operator.serve))
             inputs = [tg.create_task(self.supervisor.run("debounce-timer", self.pipeline.run_debounce_timer))]
             for adapter in self.adapters:
                 inputs.append(tg.create_task(self.supervisor.run(adapter.name, _bind(adapter, self.pipeline))))
+            if self.commands is not None:
+                inputs.append(tg.create_task(self.supervisor.run(self.commands.name, self.commands.run)))
             self.started.set()
             await self.stopping.wait()
             log.info("gateway stopping: adapters first, then the sink")
-            for task in inputs:
-                task.cancel()
-            await asyncio.wait(inputs)
+            await _cancel_and_wait(inputs)
             await self.sink.close()
             sink_task.cancel()
+            operator_task.cancel()
         log.info("gateway stopped", site=self.site.site.id)
+
+
+async def _cancel_and_wait(tasks: list[asyncio.Task[None]], round_s: float = 1.0) -> None:
+    """Cancel tasks and wait for them, cancelling again while any is left: on Python 3.11 a cancel that
+    arrives in the same loop iteration as a reply can be swallowed inside a library's `wait_for`."""
+    pending = {t for t in tasks if not t.done()}
+    rounds = 0
+    while pending:
+        for task in pending:
+            task.cancel()
+        _done, pending = await asyncio.wait(pending, timeout=round_s)
+        rounds += 1
+        if pending:
+            log.warning("tasks still running after cancel; cancelling again", tasks=len(pending), rounds=rounds)
 
 
 def _bind(adapter: Adapter, pipeline: Pipeline) -> Callable[[], Awaitable[None]]:

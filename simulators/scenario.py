@@ -91,6 +91,10 @@ class Scenario(BaseModel):
     def duration(self) -> float:
         return max(s.at + (s.count * s.every if s.action == "burst" else 0) for s in self.steps)
 
+    def for_site(self, site: str) -> Scenario:
+        """The steps one building plays: those naming it, and those naming no building."""
+        return self.model_copy(update={"steps": [s for s in self.steps if s.site in (None, site)]})
+
     def expected(self, default_site: str | None = None) -> list[Expected]:
         out = []
         for step in self.steps:

@@ -58,8 +58,9 @@ BROKEN = [
      "zones[0].tenant", "unknown tenant 'ocw'"),
     ("plain mqtt without insecure", "mqtts://broker.example:8883", "mqtt://broker.example:1883", ("mqtt:", 1),
      "mqtt", "needs an explicit insecure: true"),
-    ("value in two conditions", "    alarm: [alarm]\n    normal: [quiet]", "    alarm: [alarm]\n    normal: [quiet, alarm]",
-     ("id: smoke-1", 1), "points[2]", "mapped to more than one condition"),
+    ("value in two conditions", "    alarm: [alarm]\n    normal: [quiet]",
+     "    alarm: [alarm]\n    normal: [quiet, alarm]", ("id: smoke-1", 1), "points[2]",
+     "mapped to more than one condition"),
     ("unknown placeholder in a repeat", 'name: "PIR {n}"', 'name: "PIR {k}"', ("PIR {k}", 1), "points[0].name",
      "unknown placeholder"),
     ("YAML syntax error", "    name: Inbraakcentrale\n", "    name: Inbraakcentrale\n   host: [127.0.0.1\n",
@@ -99,7 +100,7 @@ def test_overlay_replaces_endpoints_and_rejects_unknown_devices() -> None:
     assert isinstance(device, ModbusDevice)
     assert device.port == 15020
     assert str(site.journal.data_dir) == "/tmp/x"
-    with pytest.raises(ConfigError, match="devices.ghost: no such device"):
+    with pytest.raises(ConfigError, match=r"devices\.ghost: no such device"):
         load_site(MINIMAL_SITE, [{"devices": {"ghost": {"port": 1}}}])
 
 

@@ -104,3 +104,28 @@ async def test_stop_cancels_adapters_before_closing_the_sink() -> None:
     await asyncio.wait_for(task, 10)
     assert adapter.cancelled
     assert sink.calls == ["run", "close"]
+
+
+async def test_shutdown_cancels_again_a_task_that_swallowed_its_cancel() -> None:
+    class Stubborn:
+        """Swallows the first cancel, as asyncio.wait_for can on Python 3.11."""
+
+        name = "stubborn"
+        cancels = 0
+
+        async def run(self, sink: ReadingSink) -> None:
+            while True:
+                try:
+                    await asyncio.Future()
+                except asyncio.CancelledError:
+                    self.cancels += 1
+                    if self.cancels > 1:
+                        raise
+
+    adapter = Stubborn()
+    gateway = Gateway(minimal_site(), CollectingSink(), [adapter])
+    task = asyncio.create_task(gateway.run())
+    await asyncio.wait_for(gateway.started.wait(), 5)
+    gateway.stop()
+    await asyncio.wait_for(task, 10)
+    assert adapter.cancels == 2

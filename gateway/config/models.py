@@ -275,6 +275,77 @@ class MomentaryEvent(Strict):
     priority: int | None = Field(None, ge=1, le=5)
 
 
+CommandAction = Literal["acknowledge", "reset", "pulse", "lock", "unlock", "arm", "disarm"]
+DOOR_ACTIONS = ("pulse", "lock", "unlock")
+
+
+class PointAction(Strict):
+    """One command the meldkamer may send for a point, and what it writes (see docs/commands.md).
+
+    Modbus: `value` is written to `table`/`address` of the point's device, or, without them, to the point's
+    own source (a coil or holding register/bit field). BACnet: `value` is written to `property` (default
+    present-value) of the point's object with `priority`; an `acknowledge` without a value is an
+    AcknowledgeAlarm of the point's last notification. `pulse` writes `value`, waits the command's
+    duration (default `pulse`, at most `max_pulse`) and writes `restore`; a BACnet pulse without `restore`
+    (e.g. access-door 'pulse-unlock') is timed by the device.
+    """
+
+    action: CommandAction
+    table: Literal["coil", "holding"] | None = Field(None, description="Modbus: target table (with address)")
+    address: int | None = Field(None, ge=0, le=MODBUS_MAX_ADDRESS, description="Modbus: target address")
+    property: str | None = Field(None, pattern=r"^[a-z][a-z-]*$", description="BACnet: default present-value")
+    priority: int | None = Field(None, ge=1, le=16, description="BACnet write priority")
+    value: RawValue | None = Field(None, description="what to write; BACnet acknowledge: none = AcknowledgeAlarm")
+    restore: RawValue | None = Field(None, description="pulse: written after the pulse (e.g. relock)")
+    pulse: Duration | None = Field(None, gt=0, description="pulse: default duration (5s)")
+    max_pulse: Duration | None = Field(None, gt=0, description="pulse: longest duration a command may ask (30s)")
+
+    @model_validator(mode="after")
+    def _shape(self) -> PointAction:
+        if (self.table is None) != (self.address is None):
+            raise ValueError("table and address go together (the Modbus target of the action)")
+        pulse_fields = (self.pulse, self.max_pulse, self.restore)
+        if self.action != "pulse" and any(f is not None for f in pulse_fields):
+            raise ValueError(f"pulse, max_pulse and restore belong to action pulse, not {self.action}")
+        if self.pulse_default > self.pulse_max:
+            raise ValueError(f"pulse {self.pulse_default:g}s is longer than max_pulse {self.pulse_max:g}s")
+        return self
+
+    @builtins.property
+    def pulse_default(self) -> float:
+        return self.pulse if self.pulse is not None else 5.0
+
+    @builtins.property
+    def pulse_max(self) -> float:
+        return self.max_pulse if self.max_pulse is not None else max(30.0, self.pulse_default)
+
+    def problems_for(self, source: ModbusSource | BacnetSource) -> list[str]:
+        """What does not fit the point's protocol; empty when the action is complete."""
+        what = f"action {self.action}"
+        if isinstance(source, BacnetSource):
+            if self.table is not None:
+                return [f"{what}: table/address are Modbus targets; a BACnet action writes property/value"]
+            if self.value is None and self.action != "acknowledge":
+                return [f"{what}: needs value: (what to write to {self.property or 'present-value'})"]
+            if self.value is None and (self.property is not None or self.priority is not None):
+                return [f"{what}: property/priority need a value (without one, acknowledge is AcknowledgeAlarm)"]
+            return []
+        if self.property is not None or self.priority is not None:
+            return [f"{what}: property and priority are BACnet settings; a Modbus action writes table/address"]
+        if not isinstance(self.value, int) or isinstance(self.value, bool):
+            return [f"{what}: a Modbus action needs an integer value: (what to write)"]
+        if self.action == "pulse" and (not isinstance(self.restore, int) or isinstance(self.restore, bool)):
+            return [f"{what}: a Modbus pulse needs an integer restore: (written after the pulse, e.g. 0 = lock)"]
+        table = self.table or source.table
+        if table not in ("coil", "holding"):
+            return [f"{what}: the point's source {source.ref} is read-only: give table: coil|holding and address:"]
+        width = 1 if table == "coil" else (source.width if self.table is None and source.bit is not None else 16)
+        for name, value in (("value", self.value), ("restore", self.restore)):
+            if isinstance(value, int) and not 0 <= value < (1 << width):
+                return [f"{what}: {name} {value} does not fit the target ({width} bit(s))"]
+        return []
+
+
 class PointConfig(Strict):
     id: Identifier
     name: str = Field(min_length=1)
@@ -298,6 +369,24 @@ class PointConfig(Strict):
     events: list[MomentaryEvent] = Field(default_factory=list, description="momentary: value -> event")
     debounce: Duration = Field(0.0, description="a change must hold this long before it counts")
     commissioning: bool = Field(False, description="point in test mode: events flagged commissioning")
+    actions: list[PointAction] = Field(
+        default_factory=list, description="commands the meldkamer may send for this point (docs/commands.md)"
+    )
+
+    @model_validator(mode="after")
+    def _actions_fit(self) -> PointConfig:
+        seen: set[str] = set()
+        for action in self.actions:
+            if action.action in seen:
+                raise ValueError(f"action {action.action} is listed twice in actions:")
+            seen.add(action.action)
+            problems = action.problems_for(self.source)
+            if problems:
+                raise ValueError(problems[0])
+        return self
+
+    def action(self, name: str) -> PointAction | None:
+        return next((a for a in self.actions if a.action == name), None)
 
     @model_validator(mode="after")
     def _mapping_complete(self) -> PointConfig:
@@ -334,6 +423,17 @@ class PointConfig(Strict):
 # --- the whole site --------------------------------------------------------------------------------------
 
 
+class CommandsConfig(Strict):
+    """Commands from the meldkamer (docs/commands.md). Disabled by default: a read-only gateway."""
+
+    enabled: bool = Field(False, description="false = read-only gateway: no command is subscribed to or executed")
+    rate_limit: int = Field(30, ge=1, le=10_000, description="commands executed per minute, per site")
+    clock_skew: Duration = Field(5.0, le=300, description="tolerance on issued_at / expires_at")
+    max_ttl: Duration = Field(300.0, gt=0, description="longest expires_at - issued_at a command may have")
+    timeout: Duration = Field(10.0, gt=0, description="device work of one command (plus its pulse duration)")
+    max_concurrent: int = Field(4, ge=1, le=64, description="commands executing at once")
+
+
 class SiteConfig(Strict):
     version: Literal[1] = Field(description="site-config format version")
     site: SiteInfo
@@ -344,6 +444,7 @@ class SiteConfig(Strict):
     journal: JournalConfig
     bacnet: BacnetLocal | None = Field(None, description="required when the site has BACnet devices")
     metrics: MetricsConfig = MetricsConfig()
+    commands: CommandsConfig = CommandsConfig()
     devices: list[Device] = Field(min_length=1)
     points: list[PointConfig] = Field(min_length=1)
 
@@ -449,6 +550,7 @@ def cross_check(cfg: SiteConfig) -> list[tuple[Loc, str]]:
                 )
             )
     problems.extend(_modbus_address_clashes(cfg))
+    problems.extend(_action_target_clashes(cfg))
     return problems
 
 
@@ -474,4 +576,27 @@ def _modbus_address_clashes(cfg: SiteConfig) -> list[tuple[Loc, str]]:
                 )
                 break
             owners[key] = point.id
+    return problems
+
+
+def _action_target_clashes(cfg: SiteConfig) -> list[tuple[Loc, str]]:
+    """A command that writes bits another point reads would raise (or clear) that point's alarm."""
+    problems: list[tuple[Loc, str]] = []
+    readers: dict[tuple[str, str, int], set[str]] = {}
+    for point in cfg.points:
+        if isinstance(point.source, ModbusSource):
+            readers.setdefault((point.device, point.source.table, point.source.address), set()).add(point.id)
+    for index, point in enumerate(cfg.points):
+        for a_index, action in enumerate(point.actions):
+            if action.table is None or action.address is None:
+                continue
+            others = sorted(readers.get((point.device, action.table, action.address), set()) - {point.id})
+            if others:
+                problems.append(
+                    (
+                        ("points", index, "actions", a_index, "address"),
+                        f"action {action.action} writes {action.table}:{action.address}, "
+                        f"which point '{others[0]}' reads: a command would change that point's state",
+                    )
+                )
     return problems

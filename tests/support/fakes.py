@@ -39,16 +39,16 @@ class CollectingSink:
     async def close(self) -> None:
         self.calls.append("close")
 
-    async def wait_for(self, predicate: Callable[[list[Event]], bool], timeout: float = 10.0) -> list[Event]:
-        """Wait until `predicate(events)` holds; fail after `timeout` seconds."""
-        async with asyncio.timeout(timeout), self.changed:
+    async def wait_for(self, predicate: Callable[[list[Event]], bool], within: float = 10.0) -> list[Event]:
+        """Wait until `predicate(events)` holds; fail after `within` seconds."""
+        async with asyncio.timeout(within), self.changed:
             await self.changed.wait_for(lambda: predicate(self.events))
         return self.events
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> None:
-    """Poll a condition that has no notification of its own; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+async def wait_until(predicate: Callable[[], bool], within: float = 10.0, interval: float = 0.01) -> None:
+    """Poll a condition that has no notification of its own; fail after `within` seconds."""
+    deadline = time.monotonic() + within
     while not predicate():
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
