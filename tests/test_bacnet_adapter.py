@@ -2,48 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
-
 import pytest
 
-from adapters.bacnet import BacnetAdapter
-from adapters.base import Reading
-from gateway.config.models import SiteConfig
 from gateway.errors import ConfigurationFault, VerificationFailed
-from simulators.bacnet_sim import BacnetSiteSimulator, free_udp_port
+from simulators.bacnet_sim import free_udp_port
 from simulators.control import Fault
-from tests.support.bacnet_site import CollectingSink, bacnet_point, bacnet_site
+from tests.support.bacnet_site import CollectingSink, GatedSink, bacnet_point, bacnet_site, running, simulated
 
 FIRE = {"type": "fire", "alarm": ["alarm"], "normal": ["quiet"], "fault": ["fault"]}
-
-
-@asynccontextmanager
-async def simulated(
-    devices: dict[str, dict[str, Any]], points: list[dict[str, Any]], offline_after: float = 10.0, **sim_options: Any
-) -> AsyncIterator[tuple[BacnetSiteSimulator, SiteConfig]]:
-    sim = BacnetSiteSimulator(bacnet_site(devices, points), **sim_options)
-    await sim.start()
-    try:
-        yield sim, bacnet_site(devices, points, overlay=sim.overlay(), offline_after=offline_after)
-    finally:
-        await sim.stop()
-
-
-@asynccontextmanager
-async def running(site: SiteConfig, sink: CollectingSink) -> AsyncIterator[BacnetAdapter]:
-    adapter = BacnetAdapter(site)
-    task = asyncio.create_task(adapter.run(sink))
-    try:
-        async with asyncio.timeout(10):
-            await adapter.wait_ready()
-        yield adapter
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 async def test_cov_change_becomes_reading() -> None:
@@ -281,19 +247,6 @@ async def test_access_point_occurrence_and_credential() -> None:
                 "access-credential,41",
                 "access-credential,42",
             ]
-
-
-class GatedSink(CollectingSink):
-    """Holds every reading that carries an event notification until the gate opens (a slow journal)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate = asyncio.Event()
-
-    async def submit(self, reading: Reading) -> None:
-        if reading.notification is not None:
-            await self.gate.wait()
-        await super().submit(reading)
 
 
 async def test_confirmed_event_notification_is_answered_only_after_submit_returned() -> None:

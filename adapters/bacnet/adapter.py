@@ -42,6 +42,11 @@ class BacnetAdapter:
         self.log = structlog.get_logger(__name__).bind(site=site.site.id)
 
     @property
+    def duplicate_notifications(self) -> int:
+        """Device retries of confirmed notifications already handled (answered again, not handled again)."""
+        return self._app.recent.duplicates if self._app is not None else 0
+
+    @property
     def counters(self) -> dict[str, DeviceCounters]:
         return {device_id: session.counters for device_id, session in self.sessions.items()}
 
@@ -70,7 +75,7 @@ class BacnetAdapter:
         finally:
             self._ready.clear()
             self._app = None
-            app.close()
+            app.close_quietly()
             await app.stop_handlers()
 
     async def wait_ready(self) -> int:

@@ -4,7 +4,8 @@ bacpypes3's own COV client (`change_of_value`) renews subscriptions in a detache
 nobody sees, and it has no event-notification handlers at all. So this application routes COV and event
 notifications to a `NotificationHandler` (the adapter) and acknowledges a confirmed notification only
 after the handler returned, i.e. after the readings are journaled: if the gateway dies first, the device
-gets no SimpleACK and retries.
+gets no SimpleACK and retries. A retry of a notification already handled (or still being handled) gets
+the original's answer and is not handled again (duplicates.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from bacpypes3.errors import ServicesError
 from bacpypes3.local.networkport import NetworkPortObject
 from bacpypes3.object import DeviceObject
 
+from adapters.bacnet.duplicates import RecentRequests, request_key
 from gateway.config.models import BacnetLocal
 
 log = structlog.get_logger(__name__)
@@ -38,22 +40,55 @@ class GatewayApplication(Application):  # type: ignore[misc]
     # bacpypes3 runs each incoming request on a task of its own; the adapter cancels the ones still
     # running when it stops, so no handler outlives it.
     inflight: set[asyncio.Task[Any]]
+    recent: RecentRequests  # confirmed notifications handled lately, to recognise a device's retries
 
     async def _handle(self, apdu: Any, confirmed: bool, handle: Callable[[Any], Awaitable[Any]]) -> None:
         task = asyncio.current_task()
         assert task is not None
         self.inflight.add(task)
         try:
-            known = await handle(apdu)
-        except Exception:
-            log.exception("bacnet.notification_failed", source=str(apdu.pduSource))
-            return  # no answer to a confirmed notification: the device retries
+            if confirmed:
+                known = await self._handle_once(apdu, handle)
+            else:
+                known = await self._run(apdu, handle)
         finally:
             self.inflight.discard(task)
+        if known is None:
+            return  # the handler failed: no answer to a confirmed notification, the device retries
         if confirmed:
             if known is False:
                 raise ServicesError("unknownSubscription")
             await self.response(SimpleAckPDU(context=apdu))
+
+    async def _handle_once(self, apdu: Any, handle: Callable[[Any], Awaitable[Any]]) -> bool | None:
+        """A retry of a confirmed notification gets the original's answer, without being handled again."""
+        try:
+            key = request_key(apdu)
+        except Exception:  # cannot re-encode it: handle it, as before retries were recognised
+            log.warning("bacnet.notification_not_encodable", source=str(apdu.pduSource))
+            return await self._run(apdu, handle)
+        earlier = self.recent.earlier(key)
+        if earlier is not None:
+            log.debug("bacnet.notification_retry", source=str(apdu.pduSource), invoke_id=apdu.apduInvokeID)
+            await asyncio.wait([earlier])
+            return None if earlier.cancelled() else earlier.result()
+        outcome = self.recent.begin(key)
+        try:
+            known = await self._run(apdu, handle)
+        except BaseException:
+            self.recent.forget(key)
+            outcome.cancel()
+            raise
+        outcome.set_result(known)
+        return known
+
+    async def _run(self, apdu: Any, handle: Callable[[Any], Awaitable[Any]]) -> bool | None:
+        """The handler's result (False: no subscription of ours), None when it failed (logged)."""
+        try:
+            return await handle(apdu) is not False
+        except Exception:
+            log.exception("bacnet.notification_failed", source=str(apdu.pduSource))
+            return None
 
     async def do_ConfirmedCOVNotificationRequest(self, apdu: Any) -> None:
         await self._handle(apdu, True, self.handler.cov_notification)
@@ -66,6 +101,16 @@ class GatewayApplication(Application):  # type: ignore[misc]
 
     async def do_UnconfirmedEventNotificationRequest(self, apdu: Any) -> None:
         await self._handle(apdu, False, self.handler.event_notification)
+
+    def close_quietly(self) -> None:
+        """Close without leaving work behind: transaction timers would otherwise fire after the close, in
+        detached tasks that fail sending on the closed socket ("Task exception was never retrieved")."""
+        for ssm in [*self.asap.clientTransactions, *self.asap.serverTransactions]:
+            ssm.stop_timer()
+        for requests in list(self._requests.values()):
+            for _apdu, future in list(requests):
+                future.cancel()
+        self.close()
 
     async def stop_handlers(self) -> None:
         """Cancel notification handlers still running (e.g. waiting for the journal) and wait for them."""
@@ -106,6 +151,7 @@ async def start_application(
     app = GatewayApplication.from_object_list([device_object, network_port])
     app.handler = handler
     app.inflight = set()
+    app.recent = RecentRequests()
     server = next(iter(app.link_layers.values())).server
     try:
         async with asyncio.timeout(10.0):

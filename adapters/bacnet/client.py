@@ -1,11 +1,15 @@
 """Requests to one BACnet device, each bounded by the device's timeout and translated at the boundary.
 
 Every answered request counts as contact with the device (supervision); every failure comes out as a
-gateway.errors.DeviceError subclass.
+gateway.errors.DeviceError subclass. At most MAX_CONCURRENT_REQUESTS are outstanding per device: at startup
+a session subscribes every object at once, and a few hundred simultaneous requests make a panel (and the
+simulator) time out on most of them. The device timeout counts from sending, not from queueing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -27,6 +31,7 @@ from gateway.errors import ConfigurationFault, DeviceError, DeviceRejected, Malf
 
 T = TypeVar("T")
 MAX_EVENT_PAGES = 1000  # GetEventInformation paging guard against a device that always says "more"
+MAX_CONCURRENT_REQUESTS = 8  # per device
 
 
 def object_key(identifier: Any) -> str:
@@ -40,18 +45,21 @@ class DeviceClient:
         self.device = device
         self.address = Address(f"{device.address}:{device.port}")
         self._on_contact = on_contact
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
 
-    async def _call(self, request: Awaitable[T]) -> T:
-        try:
-            result = await guarded(self.device.id, self.device.timeout, request)
-        except DeviceRejected:
-            self._on_contact()  # an error answer is still an answer: the device is there
-            raise
-        self._on_contact()
-        return result
+    async def _call(self, send: Callable[[], Awaitable[T]]) -> T:
+        """Send (once a slot is free) and await the answer."""
+        async with self._slots:
+            try:
+                result = await guarded(self.device.id, self.device.timeout, send())
+            except DeviceRejected:
+                self._on_contact()  # an error answer is still an answer: the device is there
+                raise
+            self._on_contact()
+            return result
 
     async def read(self, object_id: str, prop: str) -> Any:
-        return await self._call(self.app.read_property(self.address, object_id, prop))
+        return await self._call(lambda: self.app.read_property(self.address, object_id, prop))
 
     async def read_multiple(self, refs: list[tuple[str, str]]) -> dict[tuple[str, str], Any | DeviceError]:
         """ReadPropertyMultiple; a per-property error comes back as a ConfigurationFault value."""
@@ -61,7 +69,7 @@ class DeviceClient:
         flat: list[Any] = []
         for object_id, props in by_object.items():
             flat.extend([object_id, props])
-        results = await self._call(self.app.read_property_multiple(self.address, flat))
+        results = await self._call(lambda: self.app.read_property_multiple(self.address, flat))
         if not isinstance(results, list):
             raise MalformedReply(self.device.id, "ReadPropertyMultiple gave no result list")
         values: dict[tuple[str, str], Any | DeviceError] = {}
@@ -82,7 +90,7 @@ class DeviceClient:
             lifetime=lifetime,
             destination=self.address,
         )
-        await self._call(self.app.request(request))
+        await self._call(lambda: self.app.request(request))
 
     async def event_information(self) -> list[Any]:
         """Every event summary the device reports, following GetEventInformation's paging."""
@@ -92,7 +100,7 @@ class DeviceClient:
             request = GetEventInformationRequest(destination=self.address)
             if last is not None:
                 request.lastReceivedObjectIdentifier = last
-            ack = await self._call(self.app.request(request))
+            ack = await self._call(functools.partial(self.app.request, request))
             page = list(ack.listOfEventSummaries or [])
             summaries.extend(page)
             if not ack.moreEvents or not page:
@@ -111,7 +119,7 @@ class DeviceClient:
             timeOfAcknowledgment=TimeStamp(dateTime=DateTime(now)),
             destination=self.address,
         )
-        await self._call(self.app.request(request))
+        await self._call(lambda: self.app.request(request))
 
     async def write(self, object_id: str, prop: str, value: object, priority: int | None) -> None:
         datatype = property_type(object_id.split(",", maxsplit=1)[0], prop)
@@ -121,4 +129,4 @@ class DeviceClient:
             encoded = value if isinstance(value, datatype) else datatype(value)
         except (TypeError, ValueError) as exc:
             raise ConfigurationFault(self.device.id, f"{object_id}/{prop}: bad value {value!r}: {exc}") from None
-        await self._call(self.app.write_property(self.address, object_id, prop, encoded, priority=priority))
+        await self._call(lambda: self.app.write_property(self.address, object_id, prop, encoded, priority=priority))

@@ -22,6 +22,7 @@ from adapters.bacnet.plan import (
     ObjectPlan,
     Watch,
     next_process_id,
+    read_batches,
     transition_index,
     transition_state,
 )
@@ -229,12 +230,7 @@ class DeviceSession:
                 pass
 
     async def _read_values(self, watches: list[Watch]) -> dict[tuple[str, str], Any]:
-        refs: list[tuple[str, str]] = []
-        for watch in watches:
-            refs.append((watch.object_id, watch.prop))
-            if watch.object_type == "access-point" and watch.prop == "access-event":
-                refs.extend((watch.object_id, extra) for extra in ACCESS_POINT_EXTRAS)
-        refs = list(dict.fromkeys(refs))
+        refs = list(dict.fromkeys(ref for watch in watches for ref in watch.refs()))
         if self._rpm:
             try:
                 return await self.client.read_multiple(refs)
@@ -254,18 +250,32 @@ class DeviceSession:
     async def _read_and_report(
         self, watches: list[Watch], extra: dict[str, tuple[Notification, datetime | None]] | None = None
     ) -> None:
-        values = await self._read_values(watches)
-        for watch in watches:
-            value = values.get((watch.object_id, watch.prop))
-            if isinstance(value, DeviceError) or value is None:
-                if isinstance(value, DeviceError):
-                    self._error(value, f"read {watch.object_id}/{watch.prop}")
-                continue
-            extras = {p: values.get((watch.object_id, p)) for p in ACCESS_POINT_EXTRAS}
-            notification, occurred_at = (extra or {}).get(watch.point.id, (None, None))
-            await self._observe(
-                watch, value, extras, force=extra is not None, notification=notification, occurred_at=occurred_at
-            )
+        """Read the watches (in requests whose answers need no segmentation) and report what they show.
+
+        A value read by a request that started before a notification for the same property was received
+        is dropped: the notification may be newer than the read (bug: a resync answer overtaken by an
+        alarm notification reported a false restore), and every later change is notified again.
+        """
+        for batch in read_batches(watches):
+            started = {watch.point.id: watch.notified for watch in batch}
+            values = await self._read_values(batch)
+            for watch in batch:
+                value = values.get((watch.object_id, watch.prop))
+                if isinstance(value, DeviceError) or value is None:
+                    if isinstance(value, DeviceError):
+                        self._error(value, f"read {watch.object_id}/{watch.prop}")
+                    continue
+                extras = {p: values.get((watch.object_id, p)) for p in ACCESS_POINT_EXTRAS}
+                notification, occurred_at = (extra or {}).get(watch.point.id, (None, None))
+                await self._observe(
+                    watch,
+                    value,
+                    extras,
+                    force=extra is not None,
+                    notification=notification,
+                    occurred_at=occurred_at,
+                    read_since=started[watch.point.id],
+                )
 
     # --- readings -------------------------------------------------------------------------------------
 
@@ -278,8 +288,13 @@ class DeviceSession:
         force: bool = False,
         notification: Notification | None = None,
         occurred_at: datetime | None = None,
+        read_since: int | None = None,
     ) -> None:
-        """Submit a reading when the value (or occurrence) changed, or always when `force`."""
+        """Submit a reading when the value (or occurrence) changed, or always when `force`.
+
+        `read_since`: for a read, the watch's notification count when the request started; if a notification
+        came in since, the read value is stale and dropped (checked under the lock, right before submitting).
+        """
         raw = to_raw(value)
         occurrence = None
         credential = None
@@ -292,6 +307,10 @@ class DeviceSession:
                 credential = credential_of(reference)
         key = (raw, occurrence)
         async with self._submit_lock:
+            if read_since is not None and watch.notified != read_since:
+                self.counters.stale_reads += 1
+                self.log.debug("bacnet.stale_read_dropped", point=watch.point.id, value=str(raw))
+                return
             if not force and watch.reported == key:
                 return
             reading = Reading(
@@ -358,9 +377,11 @@ class DeviceSession:
             except (TypeError, ValueError, AttributeError) as exc:
                 self.counters.errors["MalformedReply"] += 1
                 self.log.warning("bacnet.cov_value_undecodable", object=plan.object_id, prop=prop, error=str(exc))
-        for watch in plan.watches:
-            if watch.prop in values:
-                await self._observe(watch, values[watch.prop], values)
+        notified = [watch for watch in plan.watches if watch.prop in values]
+        for watch in notified:  # all of them before the first await: a read answer must see it
+            watch.notified += 1
+        for watch in notified:
+            await self._observe(watch, values[watch.prop], values)
 
     async def on_event(self, request: Any) -> None:
         self._contacted()
@@ -370,6 +391,9 @@ class DeviceSession:
         if plan is None:
             self.log.debug("bacnet.event_for_unconfigured_object", object=object_id)
             return
+        watches = [w for w in plan.watches if w.prop == event_property(plan.object_type)]
+        for watch in watches:  # before the first await: a read answer in flight must see it
+            watch.notified += 1
         notification = notification_of(request)
         occurred_at = time_stamp_datetime(request.timeStamp)
         new_value = event_new_value(getattr(request, "eventValues", None))
@@ -380,9 +404,7 @@ class DeviceSession:
             priority=notification.priority,
             time_stamp=notification.time_stamp,
         )
-        for watch in plan.watches:
-            if watch.prop != event_property(plan.object_type):
-                continue
+        for watch in watches:
             if notification.ack_required:
                 watch.last_event = (request.toState, request.timeStamp)
             value = new_value

@@ -5,28 +5,38 @@ event reporting the way a security panel does: every configured state point whos
 fault value changes the object's event state, stamps the transition with the device's clock, clears the
 acked-transition bit when the notification class asks for acknowledgement, and notifies the recipients
 of its notification class. It also answers AcknowledgeAlarm and GetEventInformation, which bacpypes3 does
-not implement server-side, and can inject faults (silent, refuse COV).
+not implement server-side, and can inject faults (silent, refuse COV, slow answers, error answers).
+
+Confirmed requests it sends (event and COV notifications) are bounded per destination: bacpypes3 has no
+throttle and, with 256 unanswered requests to one address, loops forever looking for a free invoke id,
+which hangs the whole event loop. Past `MAX_IN_FLIGHT` an event or COV notification goes out unconfirmed
+(a slow recipient still gets it, an absent one loses nothing more) and anything else is dropped, both counted.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from bacpypes3.apdu import (
+    APDU,
     AcknowledgeAlarmRequest,
+    ConfirmedCOVNotificationRequest,
     ConfirmedEventNotificationRequest,
     ConfirmedRequestPDU,
     Error,
     GetEventInformationACK,
     GetEventInformationRequest,
     SimpleAckPDU,
+    UnconfirmedCOVNotificationRequest,
     UnconfirmedEventNotificationRequest,
 )
 from bacpypes3.app import Application
+from bacpypes3.appservice import ServerSSM
 from bacpypes3.basetypes import (
     DateTime,
     Destination,
@@ -61,6 +71,8 @@ LIFE_SAFETY = ("life-safety-point", "life-safety-zone")
 # The property whose value drives the object's intrinsic event state.
 EVENT_PROPERTY = {"access-door": "door-alarm-state"}
 NO_EVENTS = ("access-point",)
+# Confirmed requests awaiting an answer, per destination (bacpypes3 hangs at 256, see the module docstring).
+MAX_IN_FLIGHT = 64
 
 
 def attr_name(prop: str) -> str:
@@ -104,7 +116,42 @@ class _SimApplication(Application):  # type: ignore[misc]
 
     sim: SimDevice
 
+    def in_flight(self, destination: Any) -> int:
+        """Confirmed requests to `destination` still awaiting an answer."""
+        return len(self._requests.get(destination, ()))
+
+    def request(self, apdu: APDU) -> asyncio.Future[Any]:
+        """Bounded per destination: past the bound a COV notification (bacpypes3 sends those) goes out
+        unconfirmed, any other confirmed request is dropped (a cancelled future)."""
+        if isinstance(apdu, ConfirmedRequestPDU) and self.in_flight(apdu.pduDestination) >= self.sim.max_in_flight:
+            if isinstance(apdu, ConfirmedCOVNotificationRequest):
+                self.sim.notifications_unconfirmed += 1
+                unconfirmed = UnconfirmedCOVNotificationRequest(
+                    subscriberProcessIdentifier=apdu.subscriberProcessIdentifier,
+                    initiatingDeviceIdentifier=apdu.initiatingDeviceIdentifier,
+                    monitoredObjectIdentifier=apdu.monitoredObjectIdentifier,
+                    timeRemaining=apdu.timeRemaining,
+                    listOfValues=apdu.listOfValues,
+                    destination=apdu.pduDestination,
+                )
+                sent: asyncio.Future[Any] = super().request(unconfirmed)
+                return sent
+            self.sim.requests_dropped += 1
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            future.cancel()
+            return future
+        result: asyncio.Future[Any] = super().request(apdu)
+        return result
+
+    async def response(self, apdu: Any) -> None:
+        """The "slow" fault: every answer leaves `delay` seconds late, with the values of request time
+        (notifications the device sends on its own are not delayed)."""
+        if self.sim.delay:
+            await asyncio.sleep(self.sim.delay)
+        await super().response(apdu)
+
     async def indication(self, apdu: Any) -> None:
+        self.sim.requests[type(apdu).__name__] += 1
         if self.sim.error_code is not None and isinstance(apdu, ConfirmedRequestPDU):
             await self.response(
                 Error(
@@ -183,6 +230,9 @@ class SimDevice:
         priorities: tuple[int, int, int] = DEFAULT_PRIORITIES,
         ack_required: tuple[bool, bool, bool] = DEFAULT_ACK_REQUIRED,
         confirmed_notifications: bool = True,
+        segmentation: str = "segmented-both",
+        max_in_flight: int = MAX_IN_FLIGHT,
+        apdu_timeout: float = 1.0,
     ) -> None:
         self.device = device
         self.points = points
@@ -191,9 +241,12 @@ class SimDevice:
         self.priorities = priorities
         self.ack_required = ack_required
         self.confirmed_notifications = confirmed_notifications
+        self.segmentation = segmentation  # "no-segmentation": an answer too big for one APDU is aborted
+        self.max_in_flight = max_in_flight
+        self.apdu_timeout = apdu_timeout  # seconds before it retries a confirmed request (3 retries)
         self.refuse_cov = False
         self.silent = False
-        self.delay = 0.0  # "slow": every datagram this device sends waits this long
+        self.delay = 0.0  # "slow": every answer to a request waits this long
         self.error_code: str | None = None  # "exception": every confirmed request is answered with this error
         self.port = 0
         self.objects: dict[str, Any] = {}  # "binary-input,1" -> local object
@@ -201,6 +254,9 @@ class SimDevice:
         self.acks: list[tuple[str, str, str]] = []  # (point id, source, state) per AcknowledgeAlarm
         self.notifications_sent = 0
         self.notifications_acked = 0  # confirmed notifications the recipient answered with a SimpleACK
+        self.notifications_unconfirmed = 0  # event/COV notifications sent unconfirmed: too many unanswered
+        self.requests_dropped = 0  # other confirmed requests not sent: too many unanswered
+        self.requests: Counter[str] = Counter()  # requests received, by bacpypes3 class name
         self._app: _SimApplication | None = None
         self._access_tags: dict[str, int] = {}
 
@@ -211,8 +267,9 @@ class SimDevice:
             objectIdentifier=("device", self.device.device_instance),
             objectName=f"sim-{self.device.id}",
             vendorIdentifier=999,
-            apduTimeout=1000,
+            apduTimeout=round(self.apdu_timeout * 1000),
             numberOfApduRetries=3,
+            segmentationSupported=self.segmentation,
         )
         network_port = NetworkPortObject(
             "127.0.0.1:0", objectIdentifier=("network-port", 1), objectName="NetworkPort-1"
@@ -238,7 +295,7 @@ class SimDevice:
 
     def stop(self) -> None:
         if self._app is not None:
-            self._app.close()
+            close_quietly(self._app)
             self._app = None
 
     def cov_subscriptions(self) -> int:
@@ -276,8 +333,6 @@ class SimDevice:
         send, receive = server.indication, server.confirmation
 
         async def indication(pdu: Any) -> None:
-            if self.delay:
-                await asyncio.sleep(self.delay)
             if not self.silent:
                 await send(pdu)
 
@@ -379,7 +434,12 @@ class SimDevice:
         if self._app is None or self.recipient is None:
             return
         event_type, event_values = self._event_values(record, value)
-        cls = ConfirmedEventNotificationRequest if self.confirmed_notifications else UnconfirmedEventNotificationRequest
+        destination = Address(f"{self.recipient[0]}:{self.recipient[1]}")
+        confirmed = self.confirmed_notifications
+        if confirmed and self._app.in_flight(destination) >= self.max_in_flight:
+            confirmed = False  # the recipient is absent or stuck: do not queue without bound, and still tell it
+            self.notifications_unconfirmed += 1
+        cls = ConfirmedEventNotificationRequest if confirmed else UnconfirmedEventNotificationRequest
         request = cls(
             processIdentifier=1,
             initiatingDeviceIdentifier=ObjectIdentifier(("device", self.device.device_instance)),
@@ -394,11 +454,11 @@ class SimDevice:
             fromState=old,
             toState=new,
             eventValues=event_values,
-            destination=Address(f"{self.recipient[0]}:{self.recipient[1]}"),
+            destination=destination,
         )
         self.notifications_sent += 1
         future = self._app.request(request)
-        if future is not None:
+        if confirmed:
             future.add_done_callback(self._answered)
 
     def _answered(self, future: asyncio.Future[Any]) -> None:
@@ -412,6 +472,24 @@ class SimDevice:
             return 0
         return sum(tr.retryCount or 0 for tr in self._app.asap.clientTransactions)
 
+    def in_flight(self) -> int:
+        """Confirmed notifications to the recipient still awaiting its answer."""
+        if self._app is None or self.recipient is None:
+            return 0
+        return self._app.in_flight(Address(f"{self.recipient[0]}:{self.recipient[1]}"))
+
+
+def close_quietly(app: Application) -> None:
+    """Close a bacpypes3 application without leaving work behind: its transaction timers would otherwise
+    fire after the close, in detached tasks that fail sending on the closed socket ("Task exception was
+    never retrieved"), and its unanswered requests would stay pending forever."""
+    for ssm in [*app.asap.clientTransactions, *app.asap.serverTransactions]:
+        ssm.stop_timer()
+    for requests in list(app._requests.values()):
+        for _apdu, future in list(requests):
+            future.cancel()
+    app.close()
+
 
 def _consume(future: asyncio.Future[Any]) -> None:
     """A notification nobody acknowledged (gateway down) is the gateway's problem: resync covers it."""
@@ -420,3 +498,25 @@ def _consume(future: asyncio.Future[Any]) -> None:
             future.result()
         except BaseException as exc:  # ErrorRejectAbortNack derives from BaseException
             log.debug("bacnet_sim.notification_unacknowledged", error=str(exc))
+
+
+def _fix_segmented_response_retry() -> None:
+    """bacpypes3 0.0.110: when a client is slow to ack the first segment of a segmented answer,
+    `ServerSSM.segmented_response_timeout` refills a window whose size no ack has set yet and fails
+    `assert self.actualWindowSize` in a detached timer task ("Task exception was never retrieved"); the
+    answer is never completed. Until the client's ack says otherwise the window is the first segment alone,
+    so the retry resends that segment, as the standard's retry of an unacknowledged segment does."""
+    original = ServerSSM.segmented_response_timeout
+    if getattr(original, "_gcmk_fixed", False):
+        return
+
+    async def segmented_response_timeout(self: Any) -> None:
+        if self.actualWindowSize is None:
+            self.actualWindowSize = 1
+        await original(self)
+
+    segmented_response_timeout._gcmk_fixed = True  # type: ignore[attr-defined]
+    ServerSSM.segmented_response_timeout = segmented_response_timeout
+
+
+_fix_segmented_response_retry()

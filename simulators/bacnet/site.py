@@ -32,7 +32,8 @@ class BacnetSiteSimulator:
         self, site: SiteConfig, *, gateway_port: int | None = None, event_reporting: bool = True, **device_options: Any
     ) -> None:
         """`event_reporting=False`: no recipient, so no event notifications (COV and reads only).
-        `device_options` go to every SimDevice (page_size, priorities, ack_required, confirmed_notifications).
+        `device_options` go to every SimDevice (page_size, priorities, ack_required, confirmed_notifications,
+        segmentation, max_in_flight, apdu_timeout).
         """
         self.site = site
         self.event_reporting = event_reporting
@@ -93,8 +94,8 @@ class BacnetSiteSimulator:
             await self.set_raw(point_id, point.normal[0])
 
     async def inject(self, device_id: str, fault: Fault) -> None:
-        """none, silent (drop all traffic), refuse_cov, slow (`delay`), exception (every confirmed request
-        answered with device error `operational-problem`; BACnet has no numeric codes to pick from)."""
+        """none, silent (drop all traffic), refuse_cov, slow (answers leave `delay` late), exception (every
+        confirmed request answered with device error `operational-problem`; BACnet has no numeric codes)."""
         sim = self.devices[device_id]
         if fault.kind == "none":
             sim.silent = sim.refuse_cov = False

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
+
+from adapters.bacnet import BacnetAdapter
 from adapters.base import DeviceStatus, Reading
 from gateway.config.models import SiteConfig
-from simulators.bacnet_sim import free_udp_port
+from simulators.bacnet_sim import BacnetSiteSimulator, free_udp_port
 
 
 def bacnet_point(point_id: str, device: str, obj: str, **extra: Any) -> dict[str, Any]:
@@ -108,3 +112,44 @@ class CollectingSink:
 
         result: Reading = await self.wait_for(found, within)
         return result
+
+
+class GatedSink(CollectingSink):
+    """Holds every reading that carries an event notification until the gate opens (a slow journal)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def submit(self, reading: Reading) -> None:
+        if reading.notification is not None:
+            await self.gate.wait()
+        await super().submit(reading)
+
+
+@asynccontextmanager
+async def simulated(
+    devices: dict[str, dict[str, Any]], points: list[dict[str, Any]], offline_after: float = 10.0, **sim_options: Any
+) -> AsyncIterator[tuple[BacnetSiteSimulator, SiteConfig]]:
+    """A running simulator for the devices and points, and the site config pointing at it."""
+    sim = BacnetSiteSimulator(bacnet_site(devices, points), **sim_options)
+    await sim.start()
+    try:
+        yield sim, bacnet_site(devices, points, overlay=sim.overlay(), offline_after=offline_after)
+    finally:
+        await sim.stop()
+
+
+@asynccontextmanager
+async def running(site: SiteConfig, sink: CollectingSink) -> AsyncIterator[BacnetAdapter]:
+    """A BACnet adapter running (bound) for the block, cancelled and awaited after it."""
+    adapter = BacnetAdapter(site)
+    task = asyncio.create_task(adapter.run(sink))
+    try:
+        async with asyncio.timeout(10):
+            await adapter.wait_ready()
+        yield adapter
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

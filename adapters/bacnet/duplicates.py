@@ -1,0 +1,67 @@
+"""Retransmitted confirmed notifications: recognised and answered like the original, never handled twice.
+
+A device retries a confirmed notification it has no answer for after its APDU timeout. The gateway answers
+only once the readings are journaled, so under load a retry can arrive after bacpypes3 has finished (or
+timed out) the first transaction, and bacpypes3 then takes it for a new request. Handled again, an old COV
+value would be reported after newer notifications: a restore or alarm that never happened. A retry repeats
+the invoke id and the encoded service data; a new notification differs in at least one of them (event
+notifications carry the device's time stamp, COV notifications the seconds left of the subscription).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+Key = tuple[str, int, bytes]
+WINDOW = 30.0  # seconds a handled request is remembered: longer than any device's retries take
+LIMIT = 4096  # requests remembered at most
+
+
+def request_key(apdu: Any) -> Key:
+    """Who sent it, its invoke id and its encoded service data."""
+    return str(apdu.pduSource), int(apdu.apduInvokeID), bytes(apdu.encode().pduData)
+
+
+class RecentRequests:
+    """Confirmed requests being handled or handled within WINDOW, with their outcome.
+
+    The outcome is what the original got for an answer: True/False (the handler's result), or None when
+    the handler failed (no answer, so a retry is handled afresh).
+    """
+
+    def __init__(self, window: float = WINDOW, limit: int = LIMIT) -> None:
+        self.window = window
+        self.limit = limit
+        self.duplicates = 0  # retries recognised
+        self._entries: dict[Key, tuple[float, asyncio.Future[bool | None]]] = {}
+
+    def earlier(self, key: Key) -> asyncio.Future[bool | None] | None:
+        """The outcome of the same request seen before (pending while it is still being handled), or None."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        at, outcome = entry
+        if asyncio.get_running_loop().time() - at > self.window or (outcome.done() and outcome.result() is None):
+            del self._entries[key]
+            return None
+        self.duplicates += 1
+        return outcome
+
+    def begin(self, key: Key) -> asyncio.Future[bool | None]:
+        """Remember a request now being handled; the caller sets the outcome (or cancels it)."""
+        loop = asyncio.get_running_loop()
+        self._expire(loop.time())
+        outcome: asyncio.Future[bool | None] = loop.create_future()
+        self._entries[key] = (loop.time(), outcome)
+        return outcome
+
+    def forget(self, key: Key) -> None:
+        self._entries.pop(key, None)
+
+    def _expire(self, now: float) -> None:
+        for key, (at, outcome) in list(self._entries.items()):  # oldest first
+            if len(self._entries) < self.limit and now - at <= self.window:
+                break
+            if outcome.done() or len(self._entries) >= self.limit:
+                del self._entries[key]
