@@ -251,8 +251,13 @@ async def _simulate_site(
                 print(f"playing scenario '{scenario.name}' ({len(scenario.steps)} steps)", flush=True)
                 player = asyncio.create_task(play(scenario, {site.site.id: simulator}, default_site=site.site.id))
                 await _first(player, stop)
-                print("scenario done" if player.done() else "scenario stopped", flush=True)
-                player.cancel()
+                if player.done():
+                    player.result()  # a step that failed ends the simulator loudly, not silently
+                    print("scenario done", flush=True)
+                else:
+                    player.cancel()
+                    await asyncio.gather(player, return_exceptions=True)
+                    print("scenario stopped", flush=True)
         await stop.wait()
     finally:
         await simulator.stop()

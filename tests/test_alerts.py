@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,19 +10,13 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
+from tests.support.promtool import promtool
+
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
 RULES = DEPLOY / "alerts.yml"
 RULE_TESTS = DEPLOY / "alerts_test.yml"
 
 
-def promtool() -> str:
-    """The promtool binary (Debian package `prometheus`); skipped only outside CI when it is missing."""
-    found = shutil.which("promtool")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool missing: apt-get install -y prometheus")
-        pytest.skip("promtool not installed (apt-get install -y prometheus)")
-    return found
 
 
 def run(*args: str, cwd: Path = DEPLOY) -> subprocess.CompletedProcess[str]:

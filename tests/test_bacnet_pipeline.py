@@ -7,47 +7,18 @@ one alarm is known for the first (none duplicated, none invented) and the second
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 
 import pytest
 
 from adapters.bacnet import BacnetAdapter
 from adapters.base import DeviceStatus, Reading
 from gateway.config.models import SiteConfig
-from gateway.event import Event, utcnow
+from gateway.event import utcnow
 from gateway.normaliser import Normaliser
 from gateway.pipeline import Pipeline
-from gateway.state import Batch, DeviceState, PointState
 from simulators.bacnet_sim import BacnetSiteSimulator
 from tests.support.bacnet_site import CollectingSink, bacnet_point, bacnet_site
-
-
-class MemoryJournal:
-    """An EventSink that keeps events and the state table in memory across 'restarts' of the gateway."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.points: dict[str, PointState] = {}
-        self.devices: dict[str, DeviceState] = {}
-
-    async def load_state(self) -> tuple[list[PointState], list[DeviceState]]:
-        return list(self.points.values()), list(self.devices.values())
-
-    async def accept(self, batch: Batch) -> Sequence[Event]:
-        numbered = [e.with_seq(len(self.events) + i + 1) for i, e in enumerate(batch.events)]
-        self.events.extend(numbered)
-        self.points.update({p.point_id: p for p in batch.points})
-        self.devices.update({d.device_id: d for d in batch.devices})
-        return numbered
-
-    async def run(self) -> None:
-        await asyncio.Event().wait()
-
-    async def close(self) -> None:
-        return None
-
-    def of(self, point_id: str) -> list[tuple[str, str]]:
-        return [(e.type.value, e.state.value) for e in self.events if e.point.id == point_id]
+from tests.support.fakes import CollectingSink as MemoryJournal  # keeps events and state across restarts
 
 
 class Tap(CollectingSink):

@@ -7,8 +7,6 @@ The counters must move as an alarm is raised and a device goes silent, the expos
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import subprocess
 import urllib.error
 import urllib.request
@@ -35,20 +33,13 @@ from simulators.modbus_sim import ModbusSiteSimulator
 from tests.support.fakes import CollectingSink
 from tests.support.modbus_site import device, point, site_doc, site_of, with_overlay
 from tests.support.mosquitto import Mosquitto, mosquitto
+from tests.support.promtool import promtool
 
 __all__ = ["mosquitto"]  # the fixture
 
 HOST = "127.0.0.1"
 
 
-def promtool() -> str:
-    """The promtool binary (Debian package `prometheus`); skipped only outside CI when it is missing."""
-    found = shutil.which("promtool")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool missing: apt-get install -y prometheus")
-        pytest.skip("promtool not installed (apt-get install -y prometheus)")
-    return found
 
 
 # --- scraping ------------------------------------------------------------------------------------------------

@@ -39,6 +39,10 @@ class CollectingSink:
     async def close(self) -> None:
         self.calls.append("close")
 
+    def of(self, point_id: str) -> list[tuple[str, str]]:
+        """(type, state) of the events of one point (or device), in order."""
+        return [(e.type.value, e.state.value) for e in self.events if e.point.id == point_id]
+
     async def wait_for(self, predicate: Callable[[list[Event]], bool], within: float = 10.0) -> list[Event]:
         """Wait until `predicate(events)` holds; fail after `within` seconds."""
         async with asyncio.timeout(within), self.changed:
