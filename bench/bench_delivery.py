@@ -1,13 +1,15 @@
 """Delivery benchmark: journal + publisher against a raw aiomqtt bounded-window loop, same broker, same run.
 
     .venv/bin/python bench/bench_delivery.py [--events 20000] [--backlog 100000]
+    .venv/bin/python bench/bench_delivery.py --only-latency [--nagle]   # latency alone; --nagle: no TCP_NODELAY
 
 1. throughput: N events handed to DeliverySink.accept (50 concurrent producers, one event per batch, as
    the pipeline does) until a separate subscriber (mosquitto_sub, QoS 1) received all of them, against a
    raw aiomqtt loop publishing N pre-serialised events QoS 1 (MQTT 5, same properties, same in-flight
    window); rounds of raw / sink / raw, median ratio.
 2. drain: a backlog journaled while the broker was down, delivered after it comes up (events/s).
-3. latency: 1,000 events/s for 10 s; hand-off to accept() -> PUBACK, p50 / p99.
+3. latency: 1,000 events/s for 10 s; the event's detected_at (set just before the hand-off to accept()) ->
+   PUBACK, p50 / p99: what gcmk_event_delivery_latency_seconds measures.
 """
 
 from __future__ import annotations
@@ -168,6 +170,12 @@ async def latency(work: Path, port: int, rate: int, seconds: float) -> tuple[flo
     return p50, p99, len(samples)
 
 
+async def report_latency(work: Path, port: int, rate: int, nagle: bool) -> None:
+    p50, p99, count = await latency(work, port, rate, 10.0)
+    print(f"latency detection -> PUBACK at {rate} ev/s{' (Nagle: no TCP_NODELAY)' if nagle else ''}:"
+          f" p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms ({count} samples)")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=20_000)
@@ -177,10 +185,21 @@ async def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="events per accept() call")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only-throughput", action="store_true")
+    parser.add_argument("--only-latency", action="store_true")
+    parser.add_argument("--nagle", action="store_true", help="without TCP_NODELAY (gateway client and broker)")
     args = parser.parse_args()
+    broker_config = "max_inflight_messages 0"
+    if args.nagle:  # as before TCP_NODELAY was set: paho's default and Mosquitto's default
+        import gateway.publisher
+
+        gateway.publisher.NODELAY = ()
+        broker_config += "\nset_tcp_nodelay false"
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        with Mosquitto(work / "broker", extra_config="max_inflight_messages 0") as broker:
+        with Mosquitto(work / "broker", extra_config=broker_config) as broker:
+            if args.only_latency:
+                await report_latency(work, broker.port, args.rate, args.nagle)
+                return
             # Rounds of raw, sink, raw: each sink run is compared with the raw runs around it, and the
             # median ratio is reported, because the shared machine's load swings within a minute.
             ratios = []
@@ -200,9 +219,7 @@ async def main() -> None:
             print(f"ratio sink/raw, median of {args.rounds}: {statistics.median(ratios):.2f}")
             if args.only_throughput:
                 return
-            p50, p99, count = await latency(work, broker.port, args.rate, 10.0)
-            print(f"latency hand-off -> PUBACK at {args.rate} ev/s: p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms"
-                  f" ({count} samples)")
+            await report_latency(work, broker.port, args.rate, args.nagle)
             seconds = await drain(work, broker, args.backlog)
             print(f"drain of {args.backlog:,} backlog: {seconds:.1f}s = {args.backlog / seconds:,.0f} ev/s")
 

@@ -1,10 +1,15 @@
 """The production EventSink: durable journal + MQTT publisher to the meldkamer.
 
 `accept` returns only after the batch's events and state rows are committed (fsync'd) in the journal.
-Concurrent callers share commits: they queue (bounded: back-pressure, never a drop) for one writer task,
+Concurrent callers share commits: they queue (bounded: back-pressure, never a drop) for the single writer,
 which commits everything queued in one transaction on the journal's own thread, so SQLite never blocks
-the event loop and throughput does not hinge on one fsync per event. `run` drives the writer, the
-publisher (status, heartbeats, events, point states), marking of PUBACKs and the retention pruner.
+the event loop and throughput does not hinge on one fsync per event. The writer is a chain of loop
+callbacks rather than a task awaiting futures: the commit's completion resolves the callers in the next
+loop iteration, and the next group is planned right after the woken callers queued again (one iteration
+later), where awaiting a queue, an executor future and a shield took five iterations, each as long as
+all the MQTT work that was ready then. The `_writer` task supervises the chain and re-raises its bugs.
+`run` drives the writer, the publisher (status, heartbeats, events, point states), marking of PUBACKs and
+the retention pruner.
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -27,7 +33,7 @@ from gateway.delivery_contract import HeartbeatDoc, StatusDoc
 from gateway.delivery_outbox import Outbox
 from gateway.delivery_stats import DeliveryStats
 from gateway.event import Event
-from gateway.journal import CommitResult, Journal, Journaled, JournalError, parse_page
+from gateway.journal import CommitResult, Journal, Journaled, JournalError, Plan, parse_page
 from gateway.publisher import Publisher
 from gateway.state import Batch, DeviceState, PointState
 
@@ -79,7 +85,15 @@ class DeliverySink:
             retention=site.journal.retention,
         )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcmk-journal")
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=QUEUE_BATCHES)
+        self._pending: deque[_Pending] = deque()  # accept() callers waiting for a commit
+        self._room = asyncio.Event()  # set while _pending has room (back-pressure beyond QUEUE_BATCHES)
+        self._idle = asyncio.Event()  # nothing pending and no commit under way
+        self._idle.set()
+        self._commit: Future[None] | None = None  # the write under way on the journal thread
+        self._committing = False  # a commit is under way or scheduled
+        self._writer_on = False  # the _writer task runs: commits may start
+        self._writer_error: BaseException | None = None
+        self._writer_failed = asyncio.Event()
         self._open_lock = asyncio.Lock()
         self._opened = False
         self._closed = False
@@ -103,8 +117,18 @@ class DeliverySink:
             raise JournalError("delivery sink is closed")
         if not batch:
             return []
-        future: asyncio.Future[list[Event]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(batch, time.time(), future))
+        while len(self._pending) >= QUEUE_BATCHES:
+            self._room.clear()
+            await self._room.wait()
+            if self._closed:
+                raise JournalError("delivery sink is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Event]] = loop.create_future()
+        self._pending.append(_Pending(batch, time.time(), future))
+        self._idle.clear()
+        if self._writer_on and not self._committing:
+            self._committing = True
+            loop.call_soon(self._start_commit)  # after the other callers woken in this iteration queued
         return await future
 
     async def run(self) -> None:
@@ -121,6 +145,9 @@ class DeliverySink:
             pass
         finally:
             self._running = False
+            if self._commit is not None:  # let the commit under way finish: its callers learn the outcome
+                with contextlib.suppress(Exception):
+                    await asyncio.wrap_future(self._commit)
             self._fail_queued(JournalError("delivery sink stopped"))
             await self._flush_marks()
             self._finished.set()
@@ -131,7 +158,7 @@ class DeliverySink:
             return
         if self._running:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._queue.join(), self._close_grace)
+                await asyncio.wait_for(self._idle.wait(), self._close_grace)
         self._closed = True
         if self._running:
             self.publisher.request_stop(self._close_grace)
@@ -170,42 +197,77 @@ class DeliverySink:
     # --- tasks -------------------------------------------------------------------------------------------
 
     async def _writer(self) -> None:
-        """The single writer: group commit of everything queued, then hand the events to the outbox."""
-        while True:
-            group = [await self._queue.get()]
-            while len(group) < GROUP_MAX and not self._queue.empty():
-                group.append(self._queue.get_nowait())
-            try:
-                plan = self._journal.plan(
-                    [item.batch for item in group],
-                    now=time.time(),
-                    link_down=not self.stats.connected,
-                    handed_at=[item.handed_at for item in group],
-                )
-            except Exception as exc:  # a bug, not an I/O error: fail the callers, then crash loudly
-                self._finish(group, exc)
-                for _ in group:
-                    self._queue.task_done()
-                raise
-            commit = asyncio.ensure_future(self._db(self._journal.write, plan))
-            try:
-                try:
-                    await asyncio.shield(commit)
-                except asyncio.CancelledError:
-                    # Stopping mid-commit: let the commit under way finish, so its callers learn whether
-                    # their events are durable, then stop.
-                    outcome = await _outcome(commit)
-                    self._finish(group, plan.result if outcome is None else outcome)
-                    raise
-                except Exception as exc:
-                    self._finish(group, exc)
-                    if not isinstance(exc, JournalError):
-                        raise
-                else:
-                    self._finish(group, plan.result)
-            finally:
-                for _ in group:
-                    self._queue.task_done()
+        """Enables the commit chain (see the module docstring) while it runs; raises what the chain hit."""
+        self._writer_on = True
+        try:
+            if self._pending and not self._committing:
+                self._committing = True
+                asyncio.get_running_loop().call_soon(self._start_commit)
+            await self._writer_failed.wait()
+            assert self._writer_error is not None
+            raise self._writer_error
+        finally:
+            self._writer_on = False
+
+    def _crash(self, exc: BaseException) -> None:
+        """A bug in the commit chain (not an I/O error): stop committing and let `_writer` raise it."""
+        self._writer_on = False
+        if self._writer_error is None:
+            self._writer_error = exc
+        self._writer_failed.set()
+
+    def _start_commit(self) -> None:
+        """Plans everything queued (up to GROUP_MAX batches) and hands it to the journal thread."""
+        self._committing = False
+        if not self._writer_on or not self._pending:
+            if not self._pending:
+                self._idle.set()
+            return
+        group = [self._pending.popleft() for _ in range(min(GROUP_MAX, len(self._pending)))]
+        self._room.set()
+        try:
+            plan = self._journal.plan(
+                [item.batch for item in group],
+                now=time.time(),
+                link_down=not self.stats.connected,
+                handed_at=[item.handed_at for item in group],
+            )
+            self._committing = True
+            commit = self._executor.submit(self._journal.write, plan)
+        except BaseException as exc:  # a bug, not an I/O error: fail the callers, then crash loudly
+            self._committing = False
+            self._finish(group, exc)
+            self._crash(exc)
+            return
+        self._commit = commit
+        loop = asyncio.get_running_loop()
+        commit.add_done_callback(lambda done: loop.call_soon_threadsafe(self._commit_done, group, plan, done))
+
+    def _commit_done(self, group: list[_Pending], plan: Plan, done: Future[None]) -> None:
+        """On the loop: resolves the group's callers, then plans the next group one iteration later, after
+        the callers woken here have queued their next batches. The events go to the outbox last, so that in
+        that iteration the publisher wakes after the next commit was handed to the journal thread: it then
+        publishes while the journal thread waits for the fsync."""
+        self._commit = None
+        try:
+            exc = done.exception()
+            self._finish(group, plan.result if exc is None else exc)
+        except BaseException as error:
+            self._committing = False
+            self._crash(error)
+            return
+        if exc is not None and not isinstance(exc, JournalError):
+            self._committing = False
+            self._crash(exc)
+            return
+        if self._writer_on:
+            asyncio.get_running_loop().call_soon(self._start_commit)  # _committing stays True until then
+        else:
+            self._committing = False
+            if not self._pending:
+                self._idle.set()
+        if exc is None:
+            self.outbox.committed(plan.result.journaled, plan.result.states)
 
     def _finish(self, group: list[_Pending], outcome: CommitResult | BaseException) -> None:
         if isinstance(outcome, CommitResult):
@@ -228,17 +290,18 @@ class DeliverySink:
         if result.shed:
             self.stats.shed += result.shed
             log.warning("journal_info_shed", count=result.shed, total=self._journal.shed_total)
-        self.outbox.committed(result.journaled, result.states)
         for item, events in zip(group, result.per_batch, strict=True):
             if not item.future.done():
                 item.future.set_result(events)
 
     def _fail_queued(self, exc: Exception) -> None:
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
+        while self._pending:
+            item = self._pending.popleft()
             if not item.future.done():
                 item.future.set_exception(exc)
-            self._queue.task_done()
+        self._room.set()
+        if not self._committing:
+            self._idle.set()
 
     async def _marker(self) -> None:
         while True:
@@ -314,14 +377,6 @@ class DeliverySink:
             devices_total=total,
             info_shed=self._journal.shed_total,
         )
-
-
-async def _outcome(future: asyncio.Future[None]) -> BaseException | None:
-    try:
-        await future
-    except Exception as exc:
-        return exc
-    return None
 
 
 class _Stopped(Exception):

@@ -139,6 +139,11 @@ class Outbox:
                 continue
             await self._wakeup.wait()
 
+    def next_nowait(self) -> Outgoing | None:
+        """The next message if one is at hand without paging or waiting (the publisher's fast path)."""
+        picked = self._pick()
+        return picked if isinstance(picked, Outgoing) else None
+
     def acked(self, item: Outgoing) -> None:
         if item.kind == "event":
             self._inflight.discard(item.seq)

@@ -28,6 +28,10 @@ from gateway.taxonomy import TYPES, Category, EventState, EventType
 
 SCHEMA_VERSION = 1
 PRUNE_CHUNK = 5_000  # rows per DELETE, so one prune never holds the writer for long
+# The disk bound is measured (one SQLite call) only when an over-estimate of the growth since the last
+# measurement could have crossed it, and at least every MEASURE_EVERY commits.
+MEASURE_EVERY = 64
+ROW_OVERHEAD = 256  # bytes per event row besides its payload (columns, b-tree and index entries), generous
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -106,6 +110,7 @@ class Plan:
     last_seq: int  # before this plan, to roll back to
     versions: dict[str, int] = field(default_factory=dict)  # point versions before this plan
     rows: list[list[object]] = field(default_factory=list)
+    growth: int = 0  # over-estimate of the bytes this plan adds to the database
     points: list[list[object]] = field(default_factory=list)
     devices: list[list[object]] = field(default_factory=list)
 
@@ -139,7 +144,10 @@ class Journal:
         self.shedding = False
         self._page_size = 4096
         self._versions: dict[str, int] = {}
-        self.over_bound = False  # measured after each commit (and at open): the next plan sheds info events
+        self.over_bound = False  # measured after commits (and at open): the next plan sheds info events
+        self._used = 0  # bytes in use at the last measurement
+        self._growth = 0  # over-estimated bytes added since then
+        self._unmeasured_commits = 0
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -156,7 +164,10 @@ class Journal:
                 db.execute("ALTER TABLE events ADD COLUMN detected_at REAL")
             self._db = db
             self._page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
-            self.last_seq = int(self._meta("last_seq", "0"))
+            # meta.last_seq is written when events are deleted (pruning), not with every commit: the highest
+            # seq is the larger of the two.
+            max_seq = db.execute("SELECT MAX(seq) FROM events").fetchone()[0]
+            self.last_seq = max(int(self._meta("last_seq", "0")), int(max_seq or 0))
             self.shed_total = int(self._meta("shed_total", "0"))
             self.shedding = self._meta("shedding", "0") == "1"
             self.depth = int(db.execute("SELECT COUNT(*) FROM events WHERE delivered_at IS NULL").fetchone()[0])
@@ -253,28 +264,41 @@ class Journal:
         """
         plan = Plan(result=CommitResult(), over=self.over_bound, last_seq=self.last_seq)
         times = list(handed_at) if handed_at is not None else [now] * len(batches)
+        over, number, per_batch = plan.over, self._number, plan.result.per_batch  # hot loop: locals
         for batch, at in zip(batches, times, strict=True):
             kept: list[Event] = []
             for event in batch.events:
-                if plan.over and sheddable(event):
+                if over and sheddable(event):
                     plan.result.shed += 1
                     continue
-                kept.append(self._number(event, at, link_down, plan))
-            plan.result.per_batch.append(kept)
-            self._states(batch, plan)
+                kept.append(number(event, at, link_down, plan))
+            per_batch.append(kept)
+            if batch.points or batch.devices:
+                self._states(batch, plan)
         if plan.over != self.shedding:
             self._number(self._shed_announcement(plan.over, now), now, link_down, plan)
         return plan
 
     def write(self, plan: Plan) -> None:
-        """The SQL half of a commit: one transaction, a constant number of SQLite calls whatever its size."""
+        """The SQL half of a commit: one transaction, a constant number of SQLite calls whatever its size.
+
+        Each SQLite call releases the GIL and must take it back from a busy event loop, so the common commit
+        (events only, up to MAX_ROWS_PER_INSERT) is ONE statement, atomic and fsync'd on its own in
+        autocommit mode; state rows, more events or a change of the shedding counters take a transaction.
+        """
+        meta: list[tuple[str, str]] = []
+        if plan.result.shed:
+            meta.append(("shed_total", str(self.shed_total + plan.result.shed)))
+        if plan.over != self.shedding:
+            meta.append(("shedding", "1" if plan.over else "0"))
         try:
-            with self._transaction():
-                self._write(plan.rows, plan.points, plan.devices)
-                self._set_meta_many(
-                    [("last_seq", str(self.last_seq)), ("shed_total", str(self.shed_total + plan.result.shed)),
-                     ("shedding", "1" if plan.over else "0")]
-                )
+            if len(plan.rows) <= MAX_ROWS_PER_INSERT and not (plan.points or plan.devices or meta):
+                self._write(plan.rows, plan.points, plan.devices)  # one statement: its own transaction
+            else:
+                with self._transaction():
+                    self._write(plan.rows, plan.points, plan.devices)
+                    if meta:
+                        self._set_meta_many(meta)
         except sqlite3.Error as exc:
             self.last_seq = plan.last_seq
             self._versions.update(plan.versions)
@@ -282,23 +306,29 @@ class Journal:
         self.shed_total += plan.result.shed
         self.shedding = plan.over
         self.depth += len(plan.result.journaled)
-        try:
-            self.over_bound = self._over_bound()
-        except sqlite3.Error as exc:
-            raise JournalError(f"journal size check failed: {exc}") from exc
+        self._growth += plan.growth
+        self._unmeasured_commits += 1
+        if (
+            self.over_bound
+            or self._used + self._growth >= self.max_bytes
+            or self._unmeasured_commits >= MEASURE_EVERY
+        ):
+            try:
+                self.over_bound = self._over_bound()
+            except sqlite3.Error as exc:
+                raise JournalError(f"journal size check failed: {exc}") from exc
 
     def _number(self, event: Event, at: float, link_down: bool, plan: Plan) -> Event:
-        seq = self.last_seq + 1
-        self.last_seq = seq
+        seq = self.last_seq = self.last_seq + 1
         numbered = event.with_seq(seq)
-        payload = numbered.to_json()
+        payload = numbered.to_json()  # serialised once: journaled, and published as it is
         event_id = str(event.event_id)
         detected = event.detected_at.timestamp()
-        plan.rows.append([seq, event_id, event.category.value, event.state.value, event.priority, payload, at,
-                          int(link_down), detected])
-        plan.result.journaled.append(
-            Journaled(seq, event_id, event.category.value, event.priority, payload, at, link_down, detected)
-        )
+        category = event.category.value
+        priority = event.priority
+        plan.rows.append([seq, event_id, category, event.state.value, priority, payload, at, link_down, detected])
+        plan.growth += 2 * len(payload) + ROW_OVERHEAD
+        plan.result.journaled.append(Journaled(seq, event_id, category, priority, payload, at, link_down, detected))
         return numbered
 
     def _states(self, batch: Batch, plan: Plan) -> None:
@@ -416,18 +446,32 @@ class Journal:
         return int(row[0]) * self._page_size
 
     def _over_bound(self) -> bool:
-        if self.used_bytes() < self.max_bytes:
+        self._growth = 0
+        self._unmeasured_commits = 0
+        self._used = self.used_bytes()
+        if self._used < self.max_bytes:
             return False
         # Delivered events are the cheapest to give up: prune them (oldest first) before shedding anything.
-        while self.used_bytes() >= self.max_bytes:
-            cursor = self.db.execute(
-                "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE delivered_at IS NOT NULL"
-                " ORDER BY seq LIMIT ?)",
-                (PRUNE_CHUNK,),
-            )
+        while self._used >= self.max_bytes:
+            with self._transaction():
+                self._keep_last_seq()
+                cursor = self.db.execute(
+                    "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE delivered_at IS NOT NULL"
+                    " ORDER BY seq LIMIT ?)",
+                    (PRUNE_CHUNK,),
+                )
             if cursor.rowcount == 0:
                 return True
+            self._used = self.used_bytes()
         return False
+
+    def _keep_last_seq(self) -> None:
+        """Before events are deleted: the highest committed seq goes to meta, so numbering survives even
+        when every event row is pruned (open() takes the larger of meta and the rows)."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO meta SELECT 'last_seq', MAX(IFNULL((SELECT MAX(seq) FROM events), 0),"
+            " IFNULL((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'last_seq'), 0))"
+        )
 
     def prune(self, now: float) -> int:
         """Deletes delivered events older than the retention; returns how many."""
@@ -435,6 +479,7 @@ class Journal:
         total = 0
         while True:
             with self._transaction():
+                self._keep_last_seq()
                 cursor = self.db.execute(
                     "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE delivered_at IS NOT NULL"
                     " AND delivered_at < ? LIMIT ?)",

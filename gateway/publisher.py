@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 import structlog
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
@@ -39,11 +40,11 @@ log = structlog.get_logger(__name__)
 BACKOFF_MIN = 0.2
 BACKOFF_MAX = 5.0
 SESSION_EXPIRY = 7 * 86400  # seconds the broker keeps our session (MQTT 5)
-EXTRA_INFLIGHT = 8  # status and heartbeat publishes besides the event window
+EXTRA_INFLIGHT = 8  # status and heartbeat publishes (through aiomqtt) besides the event window
 PROBE_TIMEOUT = 3.0  # protocol "auto": how long an MQTT 5 CONNECT may go unanswered before trying 3.1.1
 # paho does not set TCP_NODELAY: Nagle + delayed ACK then add ~40 ms per hop whenever a small packet waits
 # behind an unacknowledged one (bench/bench_commands.py). The broker needs `set_tcp_nodelay true` as well.
-NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+NODELAY: tuple[tuple[int, int, int], ...] = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 
 
 def tls_context(mqtt: MqttConfig) -> ssl.SSLContext | None:
@@ -208,7 +209,9 @@ class Publisher:
             ),
             keepalive=max(1, round(self._mqtt.keepalive)),
             timeout=self._timeout,
-            max_inflight_messages=self._mqtt.max_inflight + EXTRA_INFLIGHT,
+            # No cap in paho: our window bounds what is in flight (events and states; status and heartbeats add
+            # a few), and with a cap paho scans every outgoing message on each PUBACK (_update_inflight).
+            max_inflight_messages=0,
             tls_context=self._tls,
             socket_options=NODELAY,
             logger=logging.getLogger("gateway.mqtt"),
@@ -321,32 +324,98 @@ class Publisher:
             await asyncio.sleep(due - loop.time())
 
     async def _pump(self, client: aiomqtt.Client) -> None:
-        window = asyncio.Semaphore(self._mqtt.max_inflight)
-        async with asyncio.TaskGroup() as sends:
-            while True:
-                await window.acquire()
-                try:
-                    item = await self._outbox.next()
-                except BaseException:
-                    window.release()
-                    raise
-                sends.create_task(self._send(client, item, window))
-
-    async def _send(self, client: aiomqtt.Client, item: Outgoing, window: asyncio.Semaphore) -> None:
+        """Publishes the outbox through a bounded in-flight window, without a task or awaitable per message:
+        paho's PUBACK callback completes each one (see `_Window`). The window's watchdog fails the session
+        when a PUBACK is overdue, as a timed-out `client.publish` would."""
+        window = _Window(self, client, self._mqtt.max_inflight)
         try:
-            props = self._event_props if item.kind == "event" else self._state_props
-            await self._publish(client, item.topic, item.payload, item.kind == "state", props)
-        except aiomqtt.MqttError:
-            self._stats.publish_errors += 1
-            raise
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._watchdog(window))
+                while True:
+                    if window.free <= 0:
+                        window.room.clear()
+                        await window.room.wait()
+                        continue
+                    item = self._outbox.next_nowait() or await self._outbox.next()
+                    window.send(item)
         finally:
-            window.release()
+            window.forget()
+
+    async def _watchdog(self, window: _Window) -> None:
+        period = min(1.0, self._timeout / 4)
+        while True:
+            await asyncio.sleep(period)
+            if window.overdue(self._timeout):
+                self._stats.publish_errors += 1
+                raise aiomqtt.MqttError("Operation timed out")
+
+    def _acked(self, item: Outgoing) -> None:
         if item.kind == "event":
             self._stats.published += 1
             self._stats.observe_latency(time.time() - item.detected_at)  # end to end: detection -> PUBACK
         else:
             self._stats.published_states += 1
         self._outbox.acked(item)
+
+
+class _Ack:
+    """One message awaiting its PUBACK. It takes the place of the asyncio.Event that aiomqtt's `publish` would
+    register under the message id: aiomqtt's on_publish handler calls `set()` when the PUBACK arrives (in
+    its socket-read callback, on the event loop). Per message that saves a task, an Event, a `wait_for` with
+    its task and timer, and aiomqtt's scan of all pending ids: about a third of the publish path's CPU."""
+
+    __slots__ = ("item", "mid", "sent_at", "window")
+
+    def __init__(self, window: _Window, item: Outgoing, mid: int) -> None:
+        self.window = window
+        self.item = item
+        self.mid = mid
+        self.sent_at = time.monotonic()
+
+    def set(self) -> None:
+        self.window.acked(self)
+
+
+class _Window:
+    """The in-flight window of one session: at most `size` messages sent and not yet acknowledged."""
+
+    def __init__(self, publisher: Publisher, client: aiomqtt.Client, size: int) -> None:
+        self._publisher = publisher
+        self._client = client
+        self._pending: dict[int, Any] = client._pending_publishes  # aiomqtt's table: mid -> object with set()
+        self._inflight: dict[int, _Ack] = {}  # insertion order = send order: the first is the oldest
+        self.free = size
+        self.room = asyncio.Event()
+
+    def send(self, item: Outgoing) -> None:
+        publisher = self._publisher
+        props = publisher._event_props if item.kind == "event" else publisher._state_props
+        info = self._client._client.publish(item.topic, item.payload, 1, item.kind == "state", props)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            publisher._stats.publish_errors += 1
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        ack = _Ack(self, item, info.mid)
+        self._pending[info.mid] = ack  # QoS 1: paho reports the PUBACK later, from the socket-read callback
+        self._inflight[info.mid] = ack
+        self.free -= 1
+
+    def acked(self, ack: _Ack) -> None:
+        if self._inflight.pop(ack.mid, None) is None:
+            return
+        self.free += 1
+        self.room.set()
+        self._publisher._acked(ack.item)
+
+    def overdue(self, timeout: float) -> bool:
+        oldest = next(iter(self._inflight.values()), None)
+        return oldest is not None and time.monotonic() - oldest.sent_at > timeout
+
+    def forget(self) -> None:
+        """The session ended: unacknowledged messages go back to the outbox (`Outbox.lost`), not here."""
+        for mid, ack in self._inflight.items():
+            if self._pending.get(mid) is ack:
+                del self._pending[mid]
+        self._inflight.clear()
 
 
 def _release(client: aiomqtt.Client) -> None:

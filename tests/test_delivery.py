@@ -9,6 +9,7 @@ import itertools
 import socket
 import ssl
 import time
+import types
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -408,3 +409,40 @@ async def test_test_broker_answers_without_nagle_delay(mosquitto: Mosquitto) -> 
                 rtts.append(time.perf_counter() - start)
             echoing.cancel()
     assert sorted(rtts)[len(rtts) // 2] < 0.020, f"median echo {sorted(rtts)[10] * 1e3:.1f} ms"
+
+
+class _FakePaho:
+    """Stands in paho's client under aiomqtt: records publishes, hands out message ids."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, int, bool]] = []
+
+    def publish(self, topic: str, payload: str, qos: int, retain: bool, properties: Any) -> Any:
+        self.sent.append((topic, payload, qos, retain))
+        return types.SimpleNamespace(rc=0, mid=len(self.sent))
+
+
+async def test_in_flight_window_completes_on_puback_and_times_out(tmp_path: Path) -> None:
+    """The publisher's window without a broker: aiomqtt's PUBACK handler (`_pending_publishes.pop(mid).set()`)
+    completes a message; a PUBACK overdue by the publish timeout fails the session."""
+    from gateway.delivery_outbox import Outgoing
+    from gateway.publisher import _Window
+
+    sink = sink_for(site_config(tmp_path / "journal", "mqtt://127.0.0.1:1"))
+    publisher = sink.publisher
+    client = types.SimpleNamespace(_client=_FakePaho(), _pending_publishes={})
+    window = _Window(publisher, client, 2)  # type: ignore[arg-type]
+    detected = time.time() - 1.0
+    for seq in (1, 2):
+        window.send(Outgoing(kind="event", topic="t", payload=f"{seq}", seq=seq, detected_at=detected))
+    assert window.free == 0 and [s[2:] for s in client._client.sent] == [(1, False), (1, False)]
+    client._pending_publishes.pop(1).set()  # what aiomqtt's on_publish does on the PUBACK of mid 1
+    assert window.free == 1 and sink.stats.published == 1 and sink.outbox.marks == [1]
+    assert sink.stats.latency_buckets.count == 1 and sink.stats.latency[0] >= 1.0
+    assert not window.overdue(10.0)
+    publisher._timeout = 0.3
+    with pytest.raises(aiomqtt.MqttError, match="timed out"):
+        await asyncio.wait_for(publisher._watchdog(window), 5)
+    assert sink.stats.publish_errors == 1
+    window.forget()
+    assert client._pending_publishes == {}, "a PUBACK after the session ended completes nothing"

@@ -27,7 +27,7 @@ class FakeJournal:
 
 
 def outbox(journal: FakeJournal, now: float = 100.5, **kwargs: int) -> Outbox:
-    box = Outbox("test-site", journal.read, clock=lambda: now, **kwargs)  # type: ignore[arg-type]
+    box = Outbox("test-site", journal.read, clock=lambda: now, **kwargs)
     box.start(1, 0, [])
     return box
 

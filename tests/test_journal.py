@@ -96,6 +96,23 @@ def test_delivery_marks_reading_back_and_retention(tmp_path: Path) -> None:
     assert [e.seq for e in j.events()] == [3, 4, 6, 7, 8, 9, 10]
 
 
+def test_numbering_survives_pruning_every_event_and_a_reopen(tmp_path: Path) -> None:
+    """A commit of events alone is one statement (no meta row per commit): the highest seq is kept in meta
+    when events are deleted, so numbering goes on after everything was pruned."""
+    j = journal(tmp_path, retention=1.0)
+    j.commit([Batch(events=tuple(make_event(i) for i in range(3)))], now=1.0, link_down=False)
+    j.mark_delivered([1, 2, 3], now=2.0)
+    assert j.prune(now=10.0) == 3 and j.events() == []
+    j.close()
+    j.open()
+    assert j.last_seq == 3
+    result = j.commit([Batch(events=(make_event(4),))], now=11.0, link_down=False)
+    assert [e.seq for e in result.per_batch[0]] == [4]
+    j.close()
+    j.open()  # without pruning, the rows themselves carry the highest seq
+    assert j.last_seq == 4
+
+
 def test_disk_bound_sheds_only_info_events_and_announces_it(tmp_path: Path) -> None:
     j = journal(tmp_path, max_bytes=1 << 20)
     granted = EventType.ACCESS_GRANTED
