@@ -125,6 +125,9 @@ class CommandProcessor:
                     log.info("commands_subscribed", topic=self._topic)
                     await self._republish()
                     async for message in client.messages:
+                        if message.retain:
+                            self._ignore_retained(str(message.topic))
+                            continue
                         await self._on_message(message.payload)
             except aiomqtt.MqttError as exc:
                 if probing and self.stats.connects == 0 and _refuses_v5(exc):
@@ -163,6 +166,14 @@ class CommandProcessor:
             **session,  # type: ignore[arg-type]
         )
 
+    def _ignore_retained(self, topic: str) -> None:
+        """Commands are never retained (a retained one would be replayed at every reconnect). A retained
+        delivery is a misconfigured publisher or a broker handing out other topics' retained messages on
+        subscribe (amqtt, the demo broker, does): counted and logged, never executed nor audited."""
+        self.stats.retained_ignored += 1
+        if self.stats.retained_ignored in (1, 10, 100, 1000) or self.stats.retained_ignored % 10_000 == 0:
+            log.warning("retained message on the command topic ignored", topic=topic, total=self.stats.retained_ignored)
+
     # --- one message ------------------------------------------------------------------------------------
 
     async def _on_message(self, payload: object) -> None:
@@ -173,8 +184,18 @@ class CommandProcessor:
         else:
             parsed = parse_command(payload)
         if isinstance(parsed, Refusal):
-            await self._conclude(parsed.command_id, parsed.point_id, parsed.action, None, "refused",
-                                 parsed.reason, parsed.detail, received, started, store=False)
+            await self._conclude(
+                parsed.command_id,
+                parsed.point_id,
+                parsed.action,
+                None,
+                "refused",
+                parsed.reason,
+                parsed.detail,
+                received,
+                started,
+                store=False,
+            )
             return
         cmd = parsed
         stored = await self.store.get(cmd.command_id)
@@ -183,20 +204,36 @@ class CommandProcessor:
             return
         checked = check_command(cmd, self.site, received)
         if isinstance(checked, Refusal):
-            await self._conclude(cmd.command_id, cmd.point_id, cmd.action, cmd, "refused", checked.reason,
-                                 checked.detail, received, started)
+            await self._conclude(
+                cmd.command_id,
+                cmd.point_id,
+                cmd.action,
+                cmd,
+                "refused",
+                checked.reason,
+                checked.detail,
+                received,
+                started,
+            )
             return
         point, action = checked
         if not self._take_rate_slot(started):
-            await self._conclude(cmd.command_id, cmd.point_id, cmd.action, cmd, "refused", "rate_limited",
-                                 f"more than {self.site.commands.rate_limit} commands per minute", received,
-                                 started)
+            await self._conclude(
+                cmd.command_id,
+                cmd.point_id,
+                cmd.action,
+                cmd,
+                "refused",
+                "rate_limited",
+                f"more than {self.site.commands.rate_limit} commands per minute",
+                received,
+                started,
+            )
             return
         duration = (cmd.duration or action.pulse_default) if cmd.action == "pulse" else None
         detail = f"pulse {duration:g}s" if duration is not None else "executing"
         self._inflight.add(cmd.command_id)
-        await self._conclude(cmd.command_id, cmd.point_id, cmd.action, cmd, "accepted", None, detail, received,
-                             started)
+        await self._conclude(cmd.command_id, cmd.point_id, cmd.action, cmd, "accepted", None, detail, received, started)
         assert self._slots is not None and self._tasks is not None
         await self._slots.acquire()
         self._tasks.create_task(self._execute(cmd, point, action, received, started))
@@ -217,8 +254,9 @@ class CommandProcessor:
                 point, action, operator=cmd.operator, duration=cmd.duration, limit=self.site.commands.timeout
             )
             status: Status = "executed" if outcome.ok else "failed"
-            await self._conclude(cmd.command_id, cmd.point_id, cmd.action, cmd, status, outcome.reason,
-                                 outcome.detail, received, started)
+            await self._conclude(
+                cmd.command_id, cmd.point_id, cmd.action, cmd, status, outcome.reason, outcome.detail, received, started
+            )
         finally:
             self._inflight.discard(cmd.command_id)
             assert self._slots is not None
@@ -228,8 +266,10 @@ class CommandProcessor:
         """A command_id seen before: re-send its stored result, touch nothing (audited as well)."""
         self.stats.replays += 1
         previous = CommandResultDoc.model_validate_json(stored)
-        text = f"repeated command_id {cmd.command_id} ({cmd.action} on {cmd.point_id} by {cmd.operator}): " \
-               f"stored result '{previous.status}' re-sent, nothing executed"
+        text = (
+            f"repeated command_id {cmd.command_id} ({cmd.action} on {cmd.point_id} by {cmd.operator}): "
+            f"stored result '{previous.status}' re-sent, nothing executed"
+        )
         await self._audit(cmd.point_id, cmd.action, text, received=self._clock(), failed=False)
         await self._publish(previous.model_copy(update={"replay": True}), None)
 
@@ -254,8 +294,16 @@ class CommandProcessor:
         text = f"command {command_id or '?'}: {action or '?'} on {point_id or '?'}{who} -> {outcome}{why}"
         seq = await self._audit(point_id, action, text, received=received, failed=status == "failed")
         result = CommandResultDoc(
-            site=self.site.site.id, command_id=command_id, point_id=point_id, action=action, status=status,
-            reason=reason, detail=detail, received_at=received, at=self._clock(), audit_seq=seq,
+            site=self.site.site.id,
+            command_id=command_id,
+            point_id=point_id,
+            action=action,
+            status=status,
+            reason=reason,
+            detail=detail,
+            received_at=received,
+            at=self._clock(),
+            audit_seq=seq,
         )
         payload = result.to_json()
         if store and command_id is not None:
@@ -263,12 +311,12 @@ class CommandProcessor:
         self.stats.result(action, status, reason)
         if status != "accepted":
             self.stats.latency(time.monotonic() - started)
-        log.info("command_result", command_id=command_id, point=point_id, action=action, status=status,
-                 reason=reason)
+        log.info("command_result", command_id=command_id, point=point_id, action=action, status=status, reason=reason)
         await self._publish(result, command_id if store else None)
 
-    async def _audit(self, point_id: str | None, action: str | None, text: str, *, received: datetime,
-                     failed: bool) -> int | None:
+    async def _audit(
+        self, point_id: str | None, action: str | None, text: str, *, received: datetime, failed: bool
+    ) -> int | None:
         event = audit_event(self.site, self._points.get(point_id or ""), action, text, received, failed=failed)
         accepted = await self.sink.accept(Batch(events=(event,)))
         return accepted[0].seq if accepted else None
@@ -303,8 +351,14 @@ class CommandProcessor:
         for row in await self.store.interrupted():
             previous = CommandResultDoc.model_validate_json(row.result)
             await self._conclude(
-                row.command_id, previous.point_id, previous.action, None, "failed", "interrupted",
-                "the gateway stopped while executing; the device state is unknown", previous.received_at,
+                row.command_id,
+                previous.point_id,
+                previous.action,
+                None,
+                "failed",
+                "interrupted",
+                "the gateway stopped while executing; the device state is unknown",
+                previous.received_at,
                 time.monotonic(),
             )
 
@@ -323,8 +377,10 @@ def audit_event(
     """The journal's record of a command or result: type command, state info; access for door actions."""
     category = Category.ACCESS if action in DOOR_ACTIONS else Category.SUPERVISION
     info = TYPES[EventType.COMMAND]
-    ref = PointRef(id=point.id, name=point.name, zone=point.zone, location=point.location) if point else PointRef(
-        id="gateway.commands", name="command processor"
+    ref = (
+        PointRef(id=point.id, name=point.name, zone=point.zone, location=point.location)
+        if point
+        else PointRef(id="gateway.commands", name="command processor")
     )
     return Event(
         event_id=new_event_id(),
@@ -347,4 +403,3 @@ def audit_event(
         commissioning=point.commissioning if point else False,
         text=text[:1000],
     )
-

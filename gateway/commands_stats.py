@@ -1,16 +1,11 @@
-"""Counters of the command processor, kept plain so the metrics module can export them.
-
-Export suggestion: `gcmk_commands_total{action,status}` from `results`, `gcmk_command_refusals_total{reason}`
-and `gcmk_command_failures_total{reason}`, `gcmk_command_latency_seconds` (histogram: `latency_buckets`,
-`latency_sum`, `latency_count`, receipt to final result), `gcmk_commands_connected` (0/1).
-"""
+"""Counters of the command processor, kept plain so gateway/metrics.py can export them at scrape time."""
 
 from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
-LATENCY_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+from gateway.histogram import LATENCY_BUCKETS, Buckets
 
 
 @dataclass
@@ -20,13 +15,11 @@ class CommandStats:
     failures: Counter[str] = field(default_factory=Counter)  # reason -> count
     replays: int = 0
     messages: int = 0
+    retained_ignored: int = 0  # retained deliveries on the command topic: never commands
     connected: bool = False
     connects: int = 0
     last_error: str | None = None
-    # cumulative histogram counts per upper bound in LATENCY_BOUNDS, then +Inf
-    latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS) + 1))
-    latency_sum: float = 0.0
-    latency_count: int = 0
+    latency_buckets: Buckets = field(default_factory=lambda: Buckets(LATENCY_BUCKETS))  # receipt to result
     latency_recent: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
 
     def result(self, action: str | None, status: str, reason: str | None) -> None:
@@ -38,10 +31,5 @@ class CommandStats:
 
     def latency(self, seconds: float) -> None:
         """Receipt to final result (refused, executed or failed)."""
-        self.latency_sum += seconds
-        self.latency_count += 1
+        self.latency_buckets.observe(seconds)
         self.latency_recent.append(seconds)
-        for index, bound in enumerate(LATENCY_BOUNDS):
-            if seconds <= bound:
-                self.latency_buckets[index] += 1
-        self.latency_buckets[-1] += 1

@@ -85,8 +85,11 @@ class Console:
         self.as_json = as_json
         self.arrived: Counter[tuple[str, str, str]] = Counter()
         self.changed = asyncio.Event()
+        self.muted = False
 
     def __call__(self, notice: Notice) -> None:
+        if self.muted:
+            return
         if notice.event is not None and notice.kind == "event":
             self.arrived[(notice.site, notice.event.point.id, notice.event.state.value)] += 1
         print_notice(notice, as_json=self.as_json)
@@ -257,12 +260,26 @@ async def _drive(
         "expected": sum(e.count for e in expected),
         "missing": [e.__dict__ for e in absent],
     }
-    ok = not absent and _no_gaps(state) and all(s["invalid"] == 0 for s in summary["sites"].values())
+    if not as_json:
+        print(console.table(), flush=True)  # the live view, before the gateways are stopped
+    # Stop the gateways as a service manager would (SIGTERM): each must flush, say offline and exit 0.
+    console.muted = True  # their 'offline' statuses are expected now, not news for the operator
+    exits = {}
+    for b in buildings:
+        if b.gateway is not None:
+            await _terminate(b.gateway)
+            exits[b.site.site.id] = b.gateway.returncode
+    summary["gateway_exit_codes"] = exits
+    ok = (
+        not absent
+        and _no_gaps(state)
+        and all(s["invalid"] == 0 for s in summary["sites"].values())
+        and all(code == 0 for code in exits.values())
+    )
     summary["ok"] = ok
     if as_json:
         print(json.dumps({"summary": summary}), flush=True)
     else:
-        print(console.table())
         print(_summary_text(summary), flush=True)
     return 0 if ok else 1
 
@@ -282,6 +299,7 @@ def _summary_text(summary: dict[str, Any]) -> str:
     lines.append(f"  scenario '{sc['name']}': {sc['expected']} events expected, {len(sc['missing'])} missing")
     for m in sc["missing"]:
         lines.append(f"    missing: {m}")
+    lines.append(f"  gateway exit codes on SIGTERM: {summary['gateway_exit_codes']}")
     lines.append("  OK" if summary["ok"] else "  FAILED")
     return "\n".join(lines)
 

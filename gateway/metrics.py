@@ -30,6 +30,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from gateway import __version__
+from gateway.commands_stats import CommandStats
 from gateway.config.models import BacnetDevice, SiteConfig
 from gateway.delivery_stats import DeliveryStats
 from gateway.histogram import Buckets
@@ -77,6 +78,7 @@ class Sources:
     modbus: Callable[[], Mapping[str, DeviceStats]] = _empty
     bacnet: Callable[[], Mapping[str, DeviceCounters]] = _empty
     delivery: DeliveryStats | None = None
+    commands: CommandStats | None = None
     started_at: float = field(default_factory=time.time)
 
     @classmethod
@@ -95,6 +97,7 @@ class Sources:
             modbus=lambda: {k: v for a in modbus for k, v in a.stats.items()},
             bacnet=lambda: {k: v for a in bacnet for k, v in a.counters.items()},
             delivery=delivery if isinstance(delivery, DeliveryStats) else None,
+            commands=gateway.commands.stats if gateway.commands is not None else None,
         )
 
 
@@ -120,6 +123,8 @@ class GatewayCollector:
         yield from self._devices(site)
         if src.delivery is not None:
             yield from self._delivery(site, src.delivery)
+        if src.commands is not None:
+            yield from _command_metrics(site, src.commands)
         restarts = CounterMetricFamily(
             "gcmk_component_restarts",
             "Crashes of a supervised component that were restarted",
@@ -258,6 +263,34 @@ def _gauge(name: str, doc: str, site: str, value: float) -> GaugeMetricFamily:
     family = GaugeMetricFamily(name, doc, labels=["site"])
     family.add_metric([site], value)
     return family
+
+
+def _command_metrics(site: str, stats: CommandStats) -> Iterator[Metric]:
+    total = CounterMetricFamily(
+        "gcmk_commands", "Commands answered, by action and final status", labels=["site", "action", "status"]
+    )
+    for (action, status), n in sorted(stats.results.items()):
+        total.add_metric([site, action, status], n)
+    refusals = CounterMetricFamily("gcmk_command_refusals", "Commands refused, by reason", labels=["site", "reason"])
+    for reason, n in sorted(stats.refusals.items()):
+        refusals.add_metric([site, reason], n)
+    failures = CounterMetricFamily(
+        "gcmk_command_failures", "Commands that failed, by reason", labels=["site", "reason"]
+    )
+    for reason, n in sorted(stats.failures.items()):
+        failures.add_metric([site, reason], n)
+    latency = HistogramMetricFamily(
+        "gcmk_command_latency_seconds", "Command receipt until its final result", labels=["site"]
+    )
+    _add_histogram(latency, [site], stats.latency_buckets)
+    yield from (total, refusals, failures, latency)
+    yield _gauge("gcmk_commands_connected", "1 while the command subscription is up", site, float(stats.connected))
+    yield _counter(
+        "gcmk_command_retained_ignored",
+        "Retained messages on the command topic, ignored (commands are never retained)",
+        site,
+        stats.retained_ignored,
+    )
 
 
 def _add_histogram(family: HistogramMetricFamily, labels: list[str], buckets: Buckets) -> None:

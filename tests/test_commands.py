@@ -308,7 +308,7 @@ async def test_each_action_changes_the_device_and_is_executed(tmp_path: Path, mo
         seqs = {r_["audit_seq"] for r_ in r.meldkamer.results}
         assert seqs <= {e.seq for e in audit}
         stats = r.gateway.commands.stats if r.gateway.commands else None
-        assert stats is not None and stats.results[("pulse", "executed")] == 2 and stats.latency_count == 13
+        assert stats is not None and stats.results[("pulse", "executed")] == 2 and stats.latency_buckets.count == 13
 
 
 async def test_refused_and_repeated_commands_touch_no_device(tmp_path: Path, mosquitto: Mosquitto) -> None:
@@ -425,11 +425,35 @@ async def test_commands_through_the_embedded_demo_broker(tmp_path: Path) -> None
     amqtt = Amqtt(broker_config(port))
     await amqtt.start()
     try:
+        # Retained messages on the command topic and elsewhere before the gateway subscribes: amqtt hands a
+        # new subscriber retained messages of other topics too. None of them is a command.
+        async with aiomqtt.Client("127.0.0.1", port, identifier="retainer") as other:
+            stale = {"command_id": "stale", "point_id": "area-1", "action": "arm", "operator": "x",
+                     "issued_at": datetime.now(UTC).isoformat(),
+                     "expires_at": (datetime.now(UTC) + timedelta(minutes=5)).isoformat()}
+            await other.publish(commands_topic(SITE_ID), json.dumps(stale), qos=1, retain=True)
+            for n in range(5):
+                await other.publish(f"gcmk/v1/{SITE_ID}/state/p{n}", b'{"schema":"gcmk.state.v1"}', qos=1, retain=True)
         async with rig(tmp_path / "data", Broker(f"mqtt://127.0.0.1:{port}", port)) as r:
             await _executed(r, "area-1", "arm")
             assert await r.coil(0) == 1
+            assert r.gateway.commands is not None and r.gateway.commands.stats.retained_ignored >= 1
+            assert [e.text for e in r.audit() if "refused" in (e.text or "")] == [], "no audit of non-commands"
+            assert r.meldkamer.of("stale") == []
+            metrics = await _scrape(r.gateway)
+            assert f'gcmk_commands_total{{action="arm",site="{SITE_ID}",status="executed"}} 1.0' in metrics
+            assert f'gcmk_command_latency_seconds_count{{site="{SITE_ID}"}} 1.0' in metrics
+            assert f'gcmk_command_retained_ignored_total{{site="{SITE_ID}"}}' in metrics
+            assert f'gcmk_commands_connected{{site="{SITE_ID}"}} 1.0' in metrics
     finally:
         await amqtt.shutdown()
+
+
+async def _scrape(gateway: Gateway) -> str:
+    import urllib.request
+
+    url = f"http://127.0.0.1:{gateway.operator_port}/metrics"
+    return await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode())
 
 
 def _fresh_command(_: object) -> dict[str, Any]:

@@ -31,4 +31,7 @@ def test_headless_demo_delivers_every_scenario_event_without_gaps(tmp_path: Path
     expected = sum(e.count for e in load_scenario(SCENARIOS / "demo.yaml").expected())
     events = [r for r in records if r.get("kind") == "event"]
     assert len(events) >= expected
+    # the demo sends no commands: a command event would be a broker's retained message taken for one
+    assert [e for e in events if e["event"]["type"] == "command"] == []
+    assert summary["gateway_exit_codes"] == dict.fromkeys(summary["sites"], 0), "SIGTERM must end a gateway with 0"
     assert summary["ok"] is True and result.returncode == 0
