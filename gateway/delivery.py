@@ -313,12 +313,22 @@ class DeliverySink:
         if not (seqs or states) or not self._opened or self._journal_closed():
             return
         try:
-            await self._db(self._journal.mark_delivered, seqs, time.time())
-            await self._db(self._journal.mark_states_published, states)
+            # Shielded: the marks are already taken from the outbox, so a cancel (the marker task at
+            # shutdown) must not cancel the queued write; close() runs after it on the same executor thread.
+            await asyncio.shield(self._write_marks(seqs, states))
         except JournalError as exc:
             self._write_failed = True
             log.error("journal_mark_failed", error=str(exc))
         self.stats.journal_depth = self._journal.depth
+
+    async def _write_marks(self, seqs: list[int], states: list[tuple[str, int]]) -> None:
+        """Both marks in one job on the journal's thread, so nothing queued after it can come between."""
+
+        def write(at: float) -> None:
+            self._journal.mark_delivered(seqs, at)
+            self._journal.mark_states_published(states)
+
+        await self._db(write, time.time())
 
     def _journal_closed(self) -> bool:
         try:

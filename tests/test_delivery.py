@@ -446,3 +446,36 @@ async def test_in_flight_window_completes_on_puback_and_times_out(tmp_path: Path
     assert sink.stats.publish_errors == 1
     window.forget()
     assert client._pending_publishes == {}, "a PUBACK after the session ended completes nothing"
+
+
+async def test_puback_marks_taken_by_a_cancelled_marker_still_reach_the_journal(tmp_path: Path) -> None:
+    """At shutdown the marker task is cancelled; if its write was still queued behind another job on the
+    journal's thread, cancelling it used to drop marks already taken from the outbox."""
+    sink = sink_for(site_config(tmp_path / "journal", "mqtt://127.0.0.1:1"))
+    written: list[list[int]] = []
+
+    class Journal:  # stands in for the SQLite journal: records what reaches it
+        db = object()
+        depth = 0
+
+        def mark_delivered(self, seqs: list[int], now: float) -> int:
+            written.append(list(seqs))
+            return len(seqs)
+
+        def mark_states_published(self, states: list[tuple[str, int]]) -> None:
+            return None
+
+    sink._journal = Journal()  # type: ignore[assignment]
+    sink._opened = True
+    sink.outbox.marks.append(7)  # a PUBACKed event waiting to be marked
+    busy = sink._executor.submit(time.sleep, 0.3)  # the journal thread is busy (e.g. a commit)
+    marker = asyncio.create_task(sink._flush_marks())
+    await asyncio.sleep(0)  # the marker takes the mark and queues its write
+    assert sink.outbox.marks == []
+    marker.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await marker
+    await asyncio.wrap_future(busy)
+    await asyncio.get_running_loop().run_in_executor(sink._executor, lambda: None)  # after the queued jobs
+    sink._executor.shutdown(wait=True)
+    assert written == [[7]]
