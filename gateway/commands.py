@@ -204,31 +204,12 @@ class CommandProcessor:
             return
         checked = check_command(cmd, self.site, received)
         if isinstance(checked, Refusal):
-            await self._conclude(
-                cmd.command_id,
-                cmd.point_id,
-                cmd.action,
-                cmd,
-                "refused",
-                checked.reason,
-                checked.detail,
-                received,
-                started,
-            )
+            await self._refuse(cmd, checked, received, started)
             return
         point, action = checked
         if not self._take_rate_slot(started):
-            await self._conclude(
-                cmd.command_id,
-                cmd.point_id,
-                cmd.action,
-                cmd,
-                "refused",
-                "rate_limited",
-                f"more than {self.site.commands.rate_limit} commands per minute",
-                received,
-                started,
-            )
+            limit = f"more than {self.site.commands.rate_limit} commands per minute"
+            await self._refuse(cmd, Refusal("rate_limited", limit), received, started)
             return
         duration = (cmd.duration or action.pulse_default) if cmd.action == "pulse" else None
         detail = f"pulse {duration:g}s" if duration is not None else "executing"
@@ -272,6 +253,12 @@ class CommandProcessor:
         )
         await self._audit(cmd.point_id, cmd.action, text, received=self._clock(), failed=False)
         await self._publish(previous.model_copy(update={"replay": True}), None)
+
+    async def _refuse(self, cmd: CommandDoc, refusal: Refusal, received: datetime, started: float) -> None:
+        """A well-formed command refused by the checks: audited, recorded (replays get it) and answered."""
+        await self._conclude(
+            cmd.command_id, cmd.point_id, cmd.action, cmd, "refused", refusal.reason, refusal.detail, received, started
+        )
 
     async def _conclude(
         self,
