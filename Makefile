@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck imports unit bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,13 +15,16 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	$(BIN)/gcmk-gateway demo $(ARGS)
 
-test: lint typecheck unit
+test: lint typecheck imports unit
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
+
+imports: $(BIN)/.installed
+	$(BIN)/lint-imports
 
 unit: $(BIN)/.installed
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -32,8 +32,8 @@ from bacpypes3.pdu import Address
 from bacpypes3.primitivedata import ObjectIdentifier
 
 from adapters.bacnet import BacnetAdapter
-from adapters.base import DeviceStatus, Reading
 from gateway.config.models import SiteConfig
+from gateway.core.ports import DeviceStatus, Reading
 from simulators.bacnet_sim import BacnetSiteSimulator, free_udp_port
 
 DEVICES = 10

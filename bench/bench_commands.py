@@ -23,9 +23,10 @@ import aiomqtt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.commands import NODELAY
-from tests.support.mosquitto import Mosquitto
 from tests.test_commands import rig
+
+from gateway.commands.processor import NODELAY
+from tests.support.mosquitto import Mosquitto
 
 
 async def baseline(port: int, count: int) -> list[float]:

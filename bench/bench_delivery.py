@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 import aiomqtt  # noqa: E402
 
-from gateway.delivery import DeliverySink  # noqa: E402
-from gateway.publisher import _properties  # noqa: E402
-from gateway.state import Batch  # noqa: E402
+from gateway.delivery.publisher import _properties  # noqa: E402
+from gateway.delivery.sink import DeliverySink  # noqa: E402
+from gateway.domain.state import Batch  # noqa: E402
 from tests.support.delivery_harness import SITE, make_event, site_config  # noqa: E402
 from tests.support.mosquitto import Mosquitto  # noqa: E402
 
@@ -190,9 +190,9 @@ async def main() -> None:
     args = parser.parse_args()
     broker_config = "max_inflight_messages 0"
     if args.nagle:  # as before TCP_NODELAY was set: paho's default and Mosquitto's default
-        import gateway.publisher
+        import gateway.mqtt.client
 
-        gateway.publisher.NODELAY = ()
+        gateway.mqtt.client.NODELAY = ()
         broker_config += "\nset_tcp_nodelay false"
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

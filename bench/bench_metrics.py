@@ -28,10 +28,11 @@ from prometheus_client import Histogram as PHistogram
 
 from adapters.modbus.stats import DeviceStats
 from gateway.config.models import SiteConfig
-from gateway.delivery_stats import DeliveryStats
-from gateway.histogram import LATENCY_BUCKETS, POLL_BUCKETS
-from gateway.metrics import GatewayCollector, Sources
-from gateway.normaliser import NormaliserStats
+from gateway.core.histogram import LATENCY_BUCKETS, POLL_BUCKETS
+from gateway.core.normaliser import NormaliserStats
+from gateway.core.ports import DeviceSnapshot
+from gateway.delivery.stats import DeliveryStats
+from gateway.ops.metrics import GatewayCollector, Sources
 
 ERRORS = ("DeviceTimeout", "DeviceRejected", "MalformedReply")
 TYPES = (("intrusion", "burglary"), ("tamper", "tamper"), ("supervision", "comm_loss"))
@@ -65,6 +66,18 @@ def site(devices: int) -> SiteConfig:
         ],
     }
     return SiteConfig.model_validate(doc)
+
+
+class _Devices:
+    """The Modbus adapter's DeviceMetrics view over plain stats objects (no devices in this benchmark)."""
+
+    protocol = "modbus"
+
+    def __init__(self, stats: dict[str, DeviceStats]) -> None:
+        self.stats = stats
+
+    def device_metrics(self) -> dict[str, DeviceSnapshot]:
+        return {device_id: s.snapshot() for device_id, s in self.stats.items()}
 
 
 def fill(stats: dict[str, DeviceStats], delivery: DeliveryStats, rng: random.Random) -> None:
@@ -135,7 +148,7 @@ def main() -> None:
     stats = {d.id: DeviceStats(d.id, online=True) for d in cfg.devices}
     delivery = DeliveryStats(connected=True, journal_depth=3, oldest_undelivered_age=1.0)
     normaliser = NormaliserStats(events=Counter({(d.id, c, t): 1 for d in cfg.devices for c, t in TYPES}))
-    sources = Sources(cfg, "bench", normaliser, modbus=lambda: stats, delivery=delivery, components=("sink",))
+    sources = Sources(cfg, "bench", normaliser, adapters=[_Devices(stats)], delivery=delivery, components=("sink",))
     registry = CollectorRegistry()
     registry.register(GatewayCollector(sources))
     fill(stats, delivery, rng)

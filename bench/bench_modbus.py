@@ -30,10 +30,10 @@ import structlog
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
-from adapters.base import DeviceStatus, Reading
 from adapters.modbus import ModbusAdapter, plan_blocks
 from adapters.modbus.link import honour_swallowed_cancel
 from gateway.config.models import ModbusDevice, ModbusSource, SiteConfig
+from gateway.core.ports import DeviceStatus, Reading
 from simulators.modbus_sim import ModbusSiteSimulator
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway.config.types import RawValue
+from gateway.domain.values import RawValue
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,8 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from gateway.config.types import Duration, RawValue
-from gateway.errors import ConfigError
+from gateway.config.types import Duration
+from gateway.domain.errors import ConfigError
+from gateway.domain.values import RawValue
 from simulators.control import Fault, SiteSimulatorProtocol
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.config.models import BacnetDevice, ModbusDevice, SiteConfig
-from gateway.config.types import RawValue
+from gateway.domain.values import RawValue
 from simulators.control import Fault, SiteSimulatorProtocol
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -10,9 +11,9 @@ import structlog
 from adapters.bacnet.app import GatewayApplication, start_application
 from adapters.bacnet.plan import DeviceCounters, ObjectPlan
 from adapters.bacnet.session import DeviceSession
-from adapters.base import ReadingSink
 from gateway.config.models import BacnetDevice, BacnetLocal, SiteConfig
-from gateway.errors import ConfigurationFault, DeviceUnreachable, GatewayError
+from gateway.core.ports import DeviceSnapshot, ReadingSink
+from gateway.domain.errors import ConfigurationFault, DeviceUnreachable, GatewayError
 
 
 class _NotReady(Exception):
@@ -20,13 +21,14 @@ class _NotReady(Exception):
 
 
 class BacnetAdapter:
-    """Implements adapters.base.Adapter for every BACnet device of the site.
+    """Implements gateway.core.ports.Adapter for every BACnet device of the site.
 
     Commands for the commands issue: `acknowledge(point_id, source)` and `write(point_id, value, ...)`.
     Per-device counters are in `counters` (device id -> DeviceCounters).
     """
 
     name = "bacnet"
+    protocol = "bacnet"
 
     def __init__(self, site: SiteConfig) -> None:
         self.site = site
@@ -49,6 +51,14 @@ class BacnetAdapter:
     @property
     def counters(self) -> dict[str, DeviceCounters]:
         return {device_id: session.counters for device_id, session in self.sessions.items()}
+
+    def device_metrics(self) -> dict[str, DeviceSnapshot]:
+        """gateway.core.ports.DeviceMetrics: notifications, duplicates, resyncs, stale reads, COV vs polled."""
+        retries = self._app.recent.by_source if self._app is not None else {}
+        return {
+            device_id: session.counters.snapshot(_retries_from(retries, session.device.address, session.device.port))
+            for device_id, session in self.sessions.items()
+        }
 
     async def run(self, sink: ReadingSink) -> None:
         if not self.devices:
@@ -129,3 +139,8 @@ class BacnetAdapter:
     ) -> None:
         """WriteProperty (with priority) on the point's object, verified by reading it back."""
         await self._session_of(point_id).write(point_id, value, priority, property)
+
+
+def _retries_from(by_source: Mapping[str, int], address: str, port: int) -> int:
+    """bacpypes3 names a sender on the standard port 47808 without the port."""
+    return by_source.get(f"{address}:{port}", 0) + (by_source.get(address, 0) if port == 47808 else 0)

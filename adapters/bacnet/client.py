@@ -1,7 +1,7 @@
 """Requests to one BACnet device, each bounded by the device's timeout and translated at the boundary.
 
 Every answered request counts as contact with the device (supervision); every failure comes out as a
-gateway.errors.DeviceError subclass. At most MAX_CONCURRENT_REQUESTS are outstanding per device: at startup
+gateway.domain.errors.DeviceError subclass. At most MAX_CONCURRENT_REQUESTS are outstanding per device: at startup
 a session subscribes every object at once, and a few hundred simultaneous requests make a panel (and the
 simulator) time out on most of them. The device timeout counts from sending, not from queueing.
 """
@@ -27,7 +27,7 @@ from adapters.bacnet.app import GatewayApplication
 from adapters.bacnet.errors import guarded
 from adapters.bacnet.values import property_name, property_type
 from gateway.config.models import BacnetDevice
-from gateway.errors import ConfigurationFault, DeviceError, DeviceRejected, MalformedReply
+from gateway.domain.errors import ConfigurationFault, DeviceError, DeviceRejected, MalformedReply
 
 T = TypeVar("T")
 MAX_EVENT_PAGES = 1000  # GetEventInformation paging guard against a device that always says "more"

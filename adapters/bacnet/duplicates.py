@@ -11,6 +11,7 @@ notifications carry the device's time stamp, COV notifications the seconds left 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Any
 
 Key = tuple[str, int, bytes]
@@ -34,6 +35,7 @@ class RecentRequests:
         self.window = window
         self.limit = limit
         self.duplicates = 0  # retries recognised
+        self.by_source: Counter[str] = Counter()  # retries recognised per sender address (`pduSource`)
         self._entries: dict[Key, tuple[float, asyncio.Future[bool | None]]] = {}
 
     def earlier(self, key: Key) -> asyncio.Future[bool | None] | None:
@@ -46,6 +48,7 @@ class RecentRequests:
             del self._entries[key]
             return None
         self.duplicates += 1
+        self.by_source[key[0]] += 1
         return outcome
 
     def begin(self, key: Key) -> asyncio.Future[bool | None]:

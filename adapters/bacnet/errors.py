@@ -1,4 +1,4 @@
-"""The protocol boundary: bacpypes3 errors, rejects, aborts and timeouts become gateway.errors types.
+"""The protocol boundary: bacpypes3 errors, rejects, aborts and timeouts become gateway.domain.errors types.
 
 bacpypes3 raises ErrorPDU / RejectPDU / AbortPDU (all `ErrorRejectAbortNack`), which derive from
 BaseException: `except Exception` lets them through, so every request goes through `guarded`.
@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from bacpypes3.apdu import AbortPDU, ErrorPDU, ErrorRejectAbortNack, RejectPDU
 
-from gateway.errors import (
+from gateway.domain.errors import (
     ConfigurationFault,
     DeviceBusy,
     DeviceError,

@@ -10,7 +10,8 @@ from typing import Any
 
 from adapters.bacnet.values import ACCESS_POINT_EXTRAS, cov_properties
 from gateway.config.models import PointConfig
-from gateway.config.types import RawValue
+from gateway.core.ports import DeviceSnapshot
+from gateway.domain.values import RawValue
 
 _process_ids = itertools.count(1)
 
@@ -45,6 +46,26 @@ class DeviceCounters:
     stale_reads: int = 0  # read answers dropped because a notification for the object came in meanwhile
     errors: Counter[str] = field(default_factory=Counter)  # by error class name
     last_contact: datetime | None = None
+
+    def snapshot(self, duplicate_notifications: int = 0) -> DeviceSnapshot:
+        """For /metrics (gateway.core.ports.DeviceMetrics); duplicates are counted by the application."""
+        return DeviceSnapshot(
+            online=self.online,
+            last_contact=self.last_contact.timestamp() if self.last_contact is not None else None,
+            errors=dict(self.errors),
+            counters={
+                "readings": self.readings,
+                "cov_notifications": self.cov_notifications,
+                "event_notifications": self.event_notifications,
+                "duplicate_notifications": duplicate_notifications,
+                "resyncs": self.resyncs,
+                "stale_reads": self.stale_reads,
+            },
+            gauges={
+                "cov_subscriptions_active": self.cov_subscriptions_active,
+                "polled_fallback_objects": self.polled_objects,
+            },
+        )
 
 
 @dataclass

@@ -38,10 +38,10 @@ from adapters.bacnet.values import (
     time_stamp_text,
     to_raw,
 )
-from adapters.base import DeviceStatus, Quality, Reading, ReadingSink
 from gateway.config.models import BacnetDevice, BacnetSource, SiteConfig
-from gateway.errors import ConfigurationFault, DeviceBusy, DeviceError, DeviceRejected, VerificationFailed
-from gateway.event import Notification, utcnow
+from gateway.core.ports import DeviceStatus, Quality, Reading, ReadingSink
+from gateway.domain.errors import ConfigurationFault, DeviceBusy, DeviceError, DeviceRejected, VerificationFailed
+from gateway.domain.event import Notification, utcnow
 
 
 class _DeviceLost(Exception):

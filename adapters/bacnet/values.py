@@ -13,8 +13,8 @@ from bacpypes3.basetypes import PropertyIdentifier
 from bacpypes3.primitivedata import ObjectType
 from bacpypes3.vendor import get_vendor_info
 
-from gateway.config.types import RawValue
-from gateway.event import Credential, Notification
+from gateway.domain.event import Credential, Notification
+from gateway.domain.values import RawValue
 
 # Properties a COV notification carries, per object type (bacpypes3.local.cov criteria, clause 13.1).
 _COV_DEFAULT = frozenset({"present-value", "status-flags"})

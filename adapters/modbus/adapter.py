@@ -8,12 +8,12 @@ from collections import defaultdict
 
 import structlog
 
-from adapters.base import ReadingSink
 from adapters.modbus.link import ModbusLink
 from adapters.modbus.poller import DevicePoller, PollTuning
 from adapters.modbus.stats import DeviceStats
 from gateway.config.models import ModbusDevice, ModbusSource, SiteConfig
-from gateway.errors import ConfigurationFault, VerificationFailed
+from gateway.core.ports import DeviceSnapshot, ReadingSink
+from gateway.domain.errors import ConfigurationFault, VerificationFailed
 
 
 class ModbusAdapter:
@@ -25,6 +25,7 @@ class ModbusAdapter:
     """
 
     name = "modbus"
+    protocol = "modbus"
 
     def __init__(self, site: SiteConfig, *, tuning: PollTuning | None = None, seed: int | None = None) -> None:
         self._site = site
@@ -63,6 +64,10 @@ class ModbusAdapter:
     def stats(self) -> dict[str, DeviceStats]:
         """Counters per device id (polls, overruns, errors by class, poll durations)."""
         return {p.device.id: p.stats for p in self.pollers}
+
+    def device_metrics(self) -> dict[str, DeviceSnapshot]:
+        """gateway.core.ports.DeviceMetrics: polls, failed polls, overruns, lateness, errors, durations."""
+        return {p.device.id: p.stats.snapshot() for p in self.pollers}
 
     async def run(self, sink: ReadingSink) -> None:
         self._log.info("modbus_adapter_start", devices=len(self.pollers), buses=len(self.links))

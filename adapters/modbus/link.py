@@ -3,7 +3,7 @@
 A serial line or an RTU-over-TCP converter carries one request at a time, whichever unit id it is for, so
 every device on one `bus_key` shares this link: requests wait in FIFO order on one lock and are spaced by
 `inter_request_delay`. A TCP device gets a link of its own, so its timeouts never delay another device.
-pymodbus' results and exceptions are turned into `gateway.errors` types here and nowhere else.
+pymodbus' results and exceptions are turned into `gateway.domain.errors` types here and nowhere else.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
 from adapters.modbus.blocks import BIT_TABLES
 from gateway.config.models import ModbusDevice
-from gateway.errors import (
+from gateway.domain.errors import (
     ConfigurationFault,
     DeviceBusy,
     DeviceError,

@@ -21,12 +21,12 @@ from datetime import UTC, datetime
 
 import structlog
 
-from adapters.base import DeviceStatus, Quality, Reading, ReadingSink
 from adapters.modbus.blocks import Block, plan_blocks
 from adapters.modbus.link import ModbusLink
 from adapters.modbus.stats import DeviceStats
 from gateway.config.models import ModbusDevice, ModbusSource, PointConfig
-from gateway.errors import ConfigurationFault, DeviceError, DeviceRejected
+from gateway.core.ports import DeviceStatus, Quality, Reading, ReadingSink
+from gateway.domain.errors import ConfigurationFault, DeviceError, DeviceRejected
 
 
 @dataclass(frozen=True, slots=True)

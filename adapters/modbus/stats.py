@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
-from gateway.histogram import POLL_BUCKETS, Buckets
+from gateway.core.histogram import POLL_BUCKETS, Buckets
+from gateway.core.ports import DeviceSnapshot
 
 
 @dataclass
@@ -24,6 +25,7 @@ class DeviceStats:
     poll_durations: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
     poll_lateness: deque[float] = field(default_factory=lambda: deque(maxlen=4096))  # start - due time
     duration_sum: float = 0.0
+    lateness_sum: float = 0.0
     poll_duration_buckets: Buckets = field(default_factory=lambda: Buckets(POLL_BUCKETS))  # all polls, for /metrics
     last_contact: float | None = None  # Unix time of the last answered request
 
@@ -34,4 +36,21 @@ class DeviceStats:
         self.poll_durations.append(duration)
         self.poll_duration_buckets.observe(duration)
         self.poll_lateness.append(lateness)
+        self.lateness_sum += max(0.0, lateness)
         self.duration_sum += duration
+
+    def snapshot(self) -> DeviceSnapshot:
+        """For /metrics (gateway.core.ports.DeviceMetrics)."""
+        return DeviceSnapshot(
+            online=self.online,
+            last_contact=self.last_contact,
+            errors=dict(self.errors),
+            counters={
+                "polls": self.polls,
+                "failed_polls": self.failed_polls,
+                "poll_overruns": self.overruns,
+                "poll_lateness_seconds": self.lateness_sum,
+                "readings": self.readings,
+            },
+            poll_durations=self.poll_duration_buckets,
+        )

@@ -27,7 +27,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from gateway.config.models import Loc, SiteConfig, cross_check
-from gateway.errors import ConfigError
+from gateway.domain.errors import ConfigError
 
 REPEATABLE = ("zones", "devices", "points")
 MAX_REPEAT = 10_000

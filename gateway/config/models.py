@@ -17,8 +17,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gateway.config.types import Duration, Identifier, RawValue
-from gateway.taxonomy import TYPES, Category, EventType
+from gateway.config.types import Duration, Identifier
+from gateway.domain.taxonomy import TYPES, Category, EventType
+from gateway.domain.values import RawValue
 
 Loc = tuple[str | int, ...]
 
@@ -165,6 +166,11 @@ class BacnetDevice(Strict):
     poll_interval: Duration = Field(1.0, gt=0)
     timeout: Duration = Field(2.0, gt=0, description="per request")
 
+    @property
+    def address_text(self) -> str:
+        """Where the device is, as events name it (`source.address`)."""
+        return f"{self.address}:{self.port}"
+
 
 class SerialLine(Strict):
     port: str = Field(min_length=1, description="e.g. /dev/ttyUSB0")
@@ -204,6 +210,13 @@ class ModbusDevice(Strict):
             if self.serial is not None:
                 raise ValueError(f"transport {self.transport} takes no serial: section")
         return self
+
+    @property
+    def address_text(self) -> str:
+        """Where the device is, as events name it (`source.address`): line or endpoint, then the unit id."""
+        if self.transport == "serial" and self.serial is not None:
+            return f"{self.serial.port}#{self.unit_id}"
+        return f"{self.host}:{self.port}#{self.unit_id}"
 
     @property
     def bus_key(self) -> str:

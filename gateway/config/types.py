@@ -47,5 +47,5 @@ Identifier = Annotated[
     ),
 ]
 
-# A raw value as a device reports it: a number (register field, bit) or an enumeration name (BACnet).
-RawValue = int | str
+
+

@@ -59,7 +59,7 @@ from bacpypes3.pdu import Address
 from bacpypes3.primitivedata import ObjectIdentifier
 
 from gateway.config.models import BacnetDevice, BacnetSource, PointConfig
-from gateway.config.types import RawValue
+from gateway.domain.values import RawValue
 from simulators.bacnet.objects import NOTIFICATION_CLASS, SimNotificationClass, make_object
 
 log = structlog.get_logger(__name__)

@@ -7,7 +7,7 @@ import socket
 from typing import Any
 
 from gateway.config.models import BacnetDevice, PointConfig, SiteConfig
-from gateway.config.types import RawValue
+from gateway.domain.values import RawValue
 from simulators.bacnet.device import SimDevice
 from simulators.control import Fault
 

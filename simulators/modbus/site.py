@@ -16,7 +16,7 @@ from typing import Any
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from gateway.config.models import ModbusDevice, ModbusSource, PointConfig, SiteConfig
-from gateway.config.types import RawValue
+from gateway.domain.values import RawValue
 from simulators.control import Fault
 from simulators.modbus.server import FaultyServer, RequestRecord
 

@@ -1,18 +1,18 @@
-"""Small BACnet site configs and a collecting ReadingSink for the BACnet adapter tests and benchmark."""
+"""Small BACnet site configs, a gated ReadingSink and runners for the BACnet adapter tests and benchmark."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 
 from adapters.bacnet import BacnetAdapter
-from adapters.base import DeviceStatus, Reading
 from gateway.config.models import SiteConfig
+from gateway.core.ports import Reading, ReadingSink
+from gateway.testing import CollectingReadings
 from simulators.bacnet_sim import BacnetSiteSimulator, free_udp_port
 
 
@@ -73,48 +73,7 @@ def bacnet_site(
     )
 
 
-class CollectingSink:
-    """A ReadingSink that keeps everything and lets a test wait for a condition."""
-
-    def __init__(self) -> None:
-        self.readings: list[Reading] = []
-        self.statuses: list[DeviceStatus] = []
-        self._changed = asyncio.Condition()
-        self.delay = 0.0
-
-    async def submit(self, reading: Reading) -> None:
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        async with self._changed:
-            self.readings.append(reading)
-            self._changed.notify_all()
-
-    async def device_status(self, status: DeviceStatus) -> None:
-        async with self._changed:
-            self.statuses.append(status)
-            self._changed.notify_all()
-
-    def of(self, point_id: str) -> list[Reading]:
-        return [r for r in self.readings if r.point_id == point_id]
-
-    async def wait_for(self, predicate: Callable[[], Any], within: float = 10.0) -> Any:
-        """Wait until `predicate()` is truthy: re-checked on every reading/status, and every 50 ms for
-        conditions outside the sink (adapter counters, simulator state)."""
-        async with asyncio.timeout(within), self._changed:
-            while not (result := predicate()):
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), 0.05)
-            return result
-
-    async def wait_reading(self, point_id: str, value: Any, within: float = 10.0, after: int = 0) -> Reading:
-        def found() -> Reading | None:
-            return next((r for r in self.readings[after:] if r.point_id == point_id and r.value == value), None)
-
-        result: Reading = await self.wait_for(found, within)
-        return result
-
-
-class GatedSink(CollectingSink):
+class GatedSink(CollectingReadings):
     """Holds every reading that carries an event notification until the gate opens (a slow journal)."""
 
     def __init__(self) -> None:
@@ -141,7 +100,7 @@ async def simulated(
 
 
 @asynccontextmanager
-async def running(site: SiteConfig, sink: CollectingSink) -> AsyncIterator[BacnetAdapter]:
+async def running(site: SiteConfig, sink: ReadingSink) -> AsyncIterator[BacnetAdapter]:
     """A BACnet adapter running (bound) for the block, cancelled and awaited after it."""
     adapter = BacnetAdapter(site)
     task = asyncio.create_task(adapter.run(sink))

@@ -22,9 +22,10 @@ from typing import Any
 import aiomqtt
 
 from gateway.config.models import SiteConfig
-from gateway.event import Event, PointRef, SourceRef, make_codes, new_event_id
-from gateway.state import Batch, PointState
-from gateway.taxonomy import TYPES, EventState, EventType
+from gateway.domain.event import Event, PointRef, SourceRef, make_codes, new_event_id
+from gateway.domain.state import Batch, PointState
+from gateway.domain.taxonomy import TYPES, EventState, EventType
+from gateway.testing import wait_until
 
 SITE = "test-site"
 
@@ -116,7 +117,6 @@ class Collector:
     login: dict[str, str] = field(default_factory=dict)  # username / password
     messages: list[Received] = field(default_factory=list)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _events: list[dict[str, Any]] = field(default_factory=list)
     _parsed: int = 0
 
@@ -126,19 +126,19 @@ class Collector:
             if self.v5
             else {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": False}
         )
-        client = aiomqtt.Client(
-            "127.0.0.1",
-            self.port,
-            identifier=self.identifier,
-            username=self.login.get("username"),
-            password=self.login.get("password"),
-            tls_context=self.tls,
-            **session,
-        )
         while True:
+            # A fresh client per connection (same id, persistent session): a used aiomqtt client is not
+            # reusable after an unexpected disconnect without touching its internals.
+            client = aiomqtt.Client(
+                "127.0.0.1",
+                self.port,
+                identifier=self.identifier,
+                username=self.login.get("username"),
+                password=self.login.get("password"),
+                tls_context=self.tls,
+                **session,
+            )
             try:
-                if client._connected.done():
-                    client._connected = asyncio.get_running_loop().create_future()
                 async with client:
                     await client.subscribe(self.topic, qos=1)
                     self.connected.set()
@@ -152,12 +152,9 @@ class Collector:
                                 message.properties,
                             )
                         )
-                        self._changed.set()
             except aiomqtt.MqttError:
                 self.connected.clear()
-                if client._lock.locked():
-                    client._lock.release()
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # reconnect backoff, not synchronisation
 
     def on(self, suffix: str) -> list[Received]:
         return [m for m in self.messages if m.topic.endswith(suffix)]
@@ -171,15 +168,11 @@ class Collector:
         return self._events
 
     async def wait_for(self, predicate: Callable[[], bool], within: float) -> None:
-        deadline = time.monotonic() + within
-        while not predicate():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"condition not met within {within}s ({len(self.messages)} messages)")
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
-            await asyncio.sleep(0.02)  # let messages accumulate: predicates may be O(n)
+        """Wait until `predicate()` holds; checked every 20 ms (messages accumulate: predicates may be O(n))."""
+        try:
+            await wait_until(predicate, within, interval=0.02)
+        except TimeoutError as timeout:
+            raise TimeoutError(f"{timeout} ({len(self.messages)} messages)") from None
 
 
 def _session_props() -> Any:
@@ -209,7 +202,7 @@ async def _generate(sink: Any, rate: float, stop: asyncio.Event, count: int | No
 
 
 async def _serve(site: SiteConfig, rate: float, count: int | None) -> None:
-    from gateway.delivery import DeliverySink
+    from gateway.delivery.sink import DeliverySink
 
     sink = DeliverySink(site, config_hash="test", version="test", devices=lambda: (1, 1))
     await sink.load_state()
@@ -237,7 +230,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--count", type=int, default=None)
     args = parser.parse_args()
-    from gateway.logs import configure_logging
+    from gateway.ops.logs import configure_logging
 
     configure_logging("warning", json=True, stream=sys.stderr)  # stdout carries the protocol with the test
     asyncio.run(_serve(SiteConfig.model_validate_json(args.config.read_text()), args.rate, args.count))

@@ -1,4 +1,4 @@
-"""Small Modbus site configs, a collecting ReadingSink and a runner for the Modbus adapter tests."""
+"""Small Modbus site configs and a runner for the Modbus adapter tests."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from adapters.base import DeviceStatus, Quality, Reading
 from gateway.config.loader import load_site
 from gateway.config.models import SiteConfig
 
@@ -75,56 +74,6 @@ def with_overlay(doc: dict[str, Any], overlay: dict[str, Any]) -> SiteConfig:
         path = Path(tmp) / "site.yaml"
         path.write_text(json.dumps(doc), encoding="utf-8")  # JSON is YAML
         return load_site(path, [overlay])
-
-
-class CollectingSink:
-    """A ReadingSink that records everything, in order, and lets tests wait for conditions."""
-
-    def __init__(self) -> None:
-        self.log: list[Reading | DeviceStatus] = []
-        self._changed = asyncio.Condition()
-
-    @property
-    def readings(self) -> list[Reading]:
-        return [r for r in self.log if isinstance(r, Reading)]
-
-    @property
-    def statuses(self) -> list[DeviceStatus]:
-        return [s for s in self.log if isinstance(s, DeviceStatus)]
-
-    def of(self, point_id: str) -> list[Reading]:
-        return [r for r in self.readings if r.point_id == point_id]
-
-    def latest(self) -> dict[str, Reading]:
-        return {r.point_id: r for r in self.readings}
-
-    async def submit(self, reading: Reading) -> None:
-        async with self._changed:
-            self.log.append(reading)
-            self._changed.notify_all()
-
-    async def device_status(self, status: DeviceStatus) -> None:
-        async with self._changed:
-            self.log.append(status)
-            self._changed.notify_all()
-
-    async def wait_for(self, predicate: Callable[[], bool], within: float = 5.0) -> None:
-        async with asyncio.timeout(within), self._changed:
-            await self._changed.wait_for(predicate)
-
-    def good_value(self, point_id: str) -> int | None:
-        readings = self.of(point_id)
-        if not readings or readings[-1].quality is not Quality.GOOD:
-            return None
-        value = readings[-1].value
-        return value if isinstance(value, int) else None
-
-
-async def wait_until(predicate: Callable[[], bool], within: float = 5.0, step: float = 0.01) -> None:
-    """Wait for a condition nothing notifies about (adapter counters, simulator request logs)."""
-    async with asyncio.timeout(within):
-        while not predicate():  # noqa: ASYNC110 -- counters have no event to wait on; bounded by the timeout
-            await asyncio.sleep(step)
 
 
 @asynccontextmanager

@@ -1,0 +1,1 @@
+"""The process: the Gateway supervisor and the composition root (wiring)."""

@@ -1,0 +1,223 @@
+"""The gateway process: one TaskGroup owns the adapters, the debounce timer and the sink.
+
+Shutdown order on SIGTERM/SIGINT: adapters stop first (nothing new comes in), then the sink finishes its
+in-flight work (`close`: flush the journal, publish `offline`), then everything is cancelled; exit 0.
+A component that crashes is restarted with backoff; one that keeps crashing, or the sink, takes the
+service down loudly (non-zero exit, so systemd restarts it) -- never a silently dead task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+from prometheus_client import CollectorRegistry
+
+from gateway.commands.processor import CommandProcessor
+from gateway.config.models import SiteConfig
+from gateway.core.lifecycle import start
+from gateway.core.normaliser import Normaliser
+from gateway.core.pipeline import Pipeline
+from gateway.core.ports import Adapter, DeviceMetrics, EventSink, Health, HealthReport
+from gateway.delivery.stats import DeliveryStats
+from gateway.domain.event import utcnow
+from gateway.ops.health import OperatorEndpoints
+from gateway.ops.http import OperatorServer
+from gateway.ops.metrics import GatewayCollector, Sources, site_hash
+
+log = structlog.get_logger(__name__)
+
+
+class ComponentFailed(RuntimeError):
+    """A supervised component crashed more often than its restart budget allows."""
+
+
+@dataclass
+class RestartPolicy:
+    max_restarts: int = 5  # within `window` seconds; one more is fatal
+    window: float = 60.0
+    backoff_initial: float = 0.5
+    backoff_max: float = 10.0
+
+
+@dataclass
+class Supervisor:
+    """Runs long-lived components, restarting crashed ones within a budget. A component that returns on
+    its own counts as crashed too: none of them is meant to end before it is cancelled."""
+
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
+    restarts: dict[str, int] = field(default_factory=dict)
+
+    async def run(
+        self,
+        name: str,
+        component: Callable[[], Awaitable[None]],
+        *,
+        restart: bool = True,
+        stopping: asyncio.Event | None = None,
+    ) -> None:
+        """Run `component`; once `stopping` is set, returning is how a component is meant to end."""
+        crashes: list[float] = []
+        backoff = self.policy.backoff_initial
+        while True:
+            try:
+                await component()
+                if stopping is not None and stopping.is_set():
+                    return
+                raise RuntimeError(f"{name} returned unexpectedly")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                now = time.monotonic()
+                crashes = [t for t in crashes if now - t < self.policy.window] + [now]
+                if not restart or len(crashes) > self.policy.max_restarts:
+                    log.error("component failed; stopping the gateway", component=name, exc_info=exc)
+                    raise ComponentFailed(f"{name} failed: {exc!r}") from exc
+                self.restarts[name] = self.restarts.get(name, 0) + 1
+                log.error("component crashed; restarting", component=name, in_s=round(backoff, 2), exc_info=exc)
+                await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
+                backoff = min(backoff * 2, self.policy.backoff_max)
+
+
+class Gateway:
+    """One building's gateway: runs the normaliser's pipeline, the sink, the adapters, the command processor
+    and the operator endpoints it is given (gateway/app/wiring.py builds them), until stopped."""
+
+    name = "gateway"
+
+    def __init__(
+        self,
+        site: SiteConfig,
+        sink: EventSink,
+        adapters: Sequence[Adapter],
+        *,
+        normaliser: Normaliser | None = None,
+        commands: CommandProcessor | None = None,
+        supervisor: Supervisor | None = None,
+        delivery: DeliveryStats | None = None,
+        config_hash: str = "",
+    ) -> None:
+        self.site = site
+        self.sink = sink
+        self.adapters = list(adapters)
+        self.normaliser = normaliser or Normaliser(site, epoch=utcnow())
+        self.pipeline = Pipeline(self.normaliser, sink)
+        self.supervisor = supervisor or Supervisor()
+        self.commands = commands
+        self.delivery = delivery  # the delivery sink's counters, for /metrics (None for stdout or a test sink)
+        self.config_hash = config_hash  # of the site file as deployed (metric gcmk_config_info)
+        self.operator: OperatorServer | None = None  # /metrics, /healthz, /readyz
+        self.stopping = asyncio.Event()
+        self.started = asyncio.Event()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def health(self) -> HealthReport:
+        if not self.started.is_set():
+            return HealthReport(False, "starting")
+        if self.stopping.is_set():
+            return HealthReport(False, "stopping")
+        return HealthReport(True, "running")
+
+    @property
+    def operator_port(self) -> int | None:
+        """Port of /metrics, /healthz, /readyz once bound (site.metrics.port 0 = OS-chosen)."""
+        return None if self.operator is None else self.operator.port
+
+    def endpoints(self, components: Sequence[str]) -> OperatorEndpoints:
+        """The operator endpoints over this gateway's parts: each read through its protocol, none sniffed."""
+        sources = Sources(
+            site=self.site,
+            config_hash=self.config_hash or site_hash(self.site),
+            normaliser=self.normaliser.stats,
+            device_online=self.normaliser.device_online,
+            accepted=lambda: self.pipeline.accepted,
+            restarts=self.supervisor.restarts,
+            components=components,
+            adapters=[a for a in self.adapters if isinstance(a, DeviceMetrics)],
+            delivery=self.delivery,
+            commands=self.commands.stats if self.commands is not None else None,
+        )
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(GatewayCollector(sources))
+        health: list[Health] = [self]
+        if isinstance(self.sink, Health):
+            health.append(self.sink)
+        return OperatorEndpoints(registry, health)
+
+    async def run(self) -> None:
+        points, devices = await self.sink.load_state()
+        self.normaliser.load(points, devices)
+        log.info(
+            "gateway starting", site=self.site.site.id, devices=len(self.site.devices), points=len(self.site.points)
+        )
+        async with asyncio.TaskGroup() as tg:
+            sink_task = tg.create_task(
+                self.supervisor.run("sink", self.sink.run, restart=False, stopping=self.stopping)
+            )
+            components = ["sink", "debounce-timer", "operator-http", *(a.name for a in self.adapters)]
+            if self.commands is not None:
+                components.append(self.commands.name)
+            self.operator = OperatorServer(
+                self.endpoints(components).routes(), self.site.metrics.listen, self.site.metrics.port
+            )
+            operator = self.operator
+            _port: int
+            operator_task: asyncio.Task[None]
+            _port, operator_task = await start(
+                tg, lambda status: self.supervisor.run("operator-http", lambda: operator.serve(status))
+            )
+            inputs = [tg.create_task(self.supervisor.run("debounce-timer", self.pipeline.run_debounce_timer))]
+            for adapter in self.adapters:
+                inputs.append(tg.create_task(self.supervisor.run(adapter.name, _bind(adapter, self.pipeline))))
+            if self.commands is not None:
+                inputs.append(tg.create_task(self.supervisor.run(self.commands.name, self.commands.run)))
+            self.started.set()
+            await self.stopping.wait()
+            log.info("gateway stopping: adapters first, then the sink")
+            await _cancel_and_wait(inputs)
+            await self.sink.close()
+            sink_task.cancel()
+            operator_task.cancel()
+        log.info("gateway stopped", site=self.site.site.id)
+
+
+async def _cancel_and_wait(tasks: list[asyncio.Task[None]], round_s: float = 1.0) -> None:
+    """Cancel tasks and wait for them, cancelling again while any is left: on Python 3.11 a cancel that
+    arrives in the same loop iteration as a reply can be swallowed inside a library's `wait_for`."""
+    pending = {t for t in tasks if not t.done()}
+    rounds = 0
+    while pending:
+        for task in pending:
+            task.cancel()
+        _done, pending = await asyncio.wait(pending, timeout=round_s)
+        rounds += 1
+        if pending:
+            log.warning("tasks still running after cancel; cancelling again", tasks=len(pending), rounds=rounds)
+
+
+def _bind(adapter: Adapter, pipeline: Pipeline) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        await adapter.run(pipeline)
+
+    return run
+
+
+async def run_until_signalled(gateway: Gateway) -> None:
+    """Run the gateway; SIGTERM and SIGINT stop it cleanly."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, gateway.stop)
+    try:
+        await gateway.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)

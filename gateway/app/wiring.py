@@ -1,0 +1,82 @@
+"""The composition root: the one place that builds a building's gateway process from a validated SiteConfig.
+
+Every component gets its collaborators here, as constructor arguments (journal, publisher, command store,
+adapters, normaliser); no component builds another one itself, so tests build any of them with fakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from gateway import __version__
+from gateway.app.service import Gateway, Supervisor
+from gateway.commands.processor import CommandProcessor
+from gateway.commands.store import CommandStore, store_path
+from gateway.config.models import BacnetDevice, ModbusDevice, SiteConfig
+from gateway.core.normaliser import Normaliser
+from gateway.core.ports import Adapter, EventSink
+from gateway.core.stdout_sink import StdoutSink
+from gateway.delivery.publisher import Publisher
+from gateway.delivery.sink import DeliverySink, open_journal
+from gateway.delivery.stats import DeliveryStats
+from gateway.domain.event import utcnow
+
+SinkKind = Literal["mqtt", "stdout"]
+
+
+def build_adapters(site: SiteConfig) -> list[Adapter]:
+    """One adapter per protocol present in the site config."""
+    adapters: list[Adapter] = []
+    if any(isinstance(d, ModbusDevice) for d in site.devices):
+        from adapters.modbus import ModbusAdapter
+
+        adapters.append(ModbusAdapter(site))
+    if any(isinstance(d, BacnetDevice) for d in site.devices):
+        from adapters.bacnet import BacnetAdapter
+
+        adapters.append(BacnetAdapter(site))
+    return adapters
+
+
+def build_commands(site: SiteConfig, adapters: Sequence[Adapter], sink: EventSink) -> CommandProcessor | None:
+    """Commands from the meldkamer, only when the site config enables them. A commissioning run (stdout
+    sink) has no meldkamer link, so it takes no commands either."""
+    if not site.commands.enabled or isinstance(sink, StdoutSink):
+        return None
+    store = CommandStore(store_path(site), retention=site.journal.retention)
+    return CommandProcessor(site, adapters, sink, store=store)
+
+
+def build_gateway(site: SiteConfig, *, sink: SinkKind | EventSink = "mqtt", config_hash: str = "") -> Gateway:
+    """The whole process of one building: `mqtt` (journal + delivery), `stdout` (commissioning), or an
+    EventSink of the caller's (tests)."""
+    normaliser = Normaliser(site, epoch=utcnow())
+    adapters = build_adapters(site)
+    event_sink: EventSink
+    delivery: DeliveryStats | None = None
+    if sink == "stdout":
+        event_sink = StdoutSink()
+    elif sink == "mqtt":
+        delivery = DeliveryStats()
+        event_sink = DeliverySink(
+            site,
+            config_hash=config_hash,
+            version=__version__,
+            journal=open_journal(site),
+            publisher=Publisher,
+            stats=delivery,
+            devices=normaliser.devices_online,
+        )
+    else:
+        event_sink = sink
+    return Gateway(
+        site,
+        event_sink,
+        adapters,
+        normaliser=normaliser,
+        commands=build_commands(site, adapters, event_sink),
+        supervisor=Supervisor(),
+        delivery=delivery,
+        config_hash=config_hash,
+    )

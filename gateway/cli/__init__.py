@@ -1,0 +1,1 @@
+"""The `gcmk-gateway` command line: the entry point above every other layer."""

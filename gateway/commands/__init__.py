@@ -1,0 +1,1 @@
+"""Commands from the meldkamer: contract, checks, execution through the adapters, durable record."""

@@ -1,0 +1,353 @@
+"""Commands from the meldkamer: receive, check, audit, execute, answer.
+
+One aiomqtt client of its own (`<client id>-cmd`, TLS and credentials exactly as the publisher's, persistent
+session) subscribes QoS 1 to `gcmk/v1/{site}/commands` and answers on `gcmk/v1/{site}/command-results`.
+Nothing touches a device before the command passed every check (schema, replay, enabled, known point,
+allowed action, validity window, rate limit) AND its acceptance is journaled and durably recorded, so the
+meldkamer's log is complete and a repeated command_id is answered from the record, even after a restart.
+Every result is an audit event (type command) through the gateway's EventSink, published like any event.
+See docs/commands.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+import aiomqtt
+import structlog
+
+from gateway.commands.contract import (
+    CommandDoc,
+    CommandResultDoc,
+    Refusal,
+    Status,
+    check_command,
+    commands_topic,
+    parse_command,
+    results_topic,
+)
+from gateway.commands.executor import Executor
+from gateway.commands.stats import CommandStats
+from gateway.commands.store import CommandStore, CommandStoreError, store_path
+from gateway.config.models import DOOR_ACTIONS, PointAction, PointConfig, SiteConfig
+from gateway.core.events import make_event
+from gateway.core.ports import EventSink
+from gateway.domain.event import Event, PointRef, SourceRef, utcnow
+from gateway.domain.state import Batch
+from gateway.domain.taxonomy import TYPES, Category, EventState, EventType
+from gateway.mqtt.client import ClientFactory, backoff, first_protocol, refuses_protocol
+
+log = structlog.get_logger(__name__)
+
+SESSION_EXPIRY = 86400  # seconds the broker keeps our subscription (MQTT 5); expired commands are refused anyway
+RATE_WINDOW = 60.0
+
+
+class CommandProcessor:
+    """A supervised component of the Gateway (`run` returns only when cancelled or on a fatal error)."""
+
+    name = "commands"
+
+    def __init__(
+        self,
+        site: SiteConfig,
+        adapters: Sequence[object],
+        sink: EventSink,
+        *,
+        store: CommandStore | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.site = site
+        self.sink = sink
+        self.stats = CommandStats()
+        self.executor = Executor(adapters)
+        self.store = store or CommandStore(store_path(site), retention=site.journal.retention)
+        self.subscribed = asyncio.Event()  # set while subscribed (tests wait on it)
+        self._clock = clock
+        self._mqtt = site.mqtt
+        self._factory = ClientFactory.of(site.mqtt)
+        self._topic = commands_topic(site.site.id)
+        self._results = results_topic(site.site.id)
+        self._points = {p.id: p for p in site.points}
+        self._client: aiomqtt.Client | None = None
+        self._inflight: set[str] = set()
+        self._accepted: deque[float] = deque()  # monotonic times of accepted commands (rate limit)
+        self._slots: asyncio.Semaphore | None = None
+        self._tasks: asyncio.TaskGroup | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.store.open()
+        self._slots = asyncio.Semaphore(self.site.commands.max_concurrent)
+        await self._finish_interrupted()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                await self._link()
+        finally:
+            self._tasks = None
+            self._inflight.clear()
+            with contextlib.suppress(CommandStoreError):  # never mask why run() ended
+                await asyncio.shield(self.store.close())
+
+    async def _link(self) -> None:
+        """Connect, subscribe, serve; reconnect with jittered exponential backoff."""
+        failures = 0
+        protocol = first_protocol(self._mqtt)
+        while True:
+            probing = self._mqtt.protocol == "auto" and protocol == aiomqtt.ProtocolVersion.V5
+            client = self._factory.client(
+                f"{self.site.client_id}-cmd",
+                protocol,
+                session_expiry=SESSION_EXPIRY,
+                probe=probing and self.stats.connects == 0,
+                logger="gateway.commands.mqtt",
+            )
+            try:
+                async with client:
+                    self._client = client
+                    self.stats.connected = True
+                    self.stats.connects += 1
+                    failures = 0
+                    await client.subscribe(self._topic, qos=1)
+                    self.subscribed.set()
+                    log.info("commands_subscribed", topic=self._topic)
+                    await self._republish()
+                    async for message in client.messages:
+                        if message.retain:
+                            self._ignore_retained(str(message.topic))
+                            continue
+                        await self._on_message(message.payload)
+            except aiomqtt.MqttError as exc:
+                if probing and self.stats.connects == 0 and refuses_protocol(exc):
+                    protocol = aiomqtt.ProtocolVersion.V311  # a 3.1.1-only broker
+                    continue
+                failures += 1
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("commands_link_down", error=self.stats.last_error, failures=failures)
+            finally:
+                self._client = None
+                self.stats.connected = False
+                self.subscribed.clear()
+            await asyncio.sleep(backoff(failures))
+
+    def _ignore_retained(self, topic: str) -> None:
+        """Commands are never retained (a retained one would be replayed at every reconnect). A retained
+        delivery is a misconfigured publisher or a broker handing out other topics' retained messages on
+        subscribe (amqtt, the demo broker, does): counted and logged, never executed nor audited."""
+        self.stats.retained_ignored += 1
+        if self.stats.retained_ignored in (1, 10, 100, 1000) or self.stats.retained_ignored % 10_000 == 0:
+            log.warning("retained message on the command topic ignored", topic=topic, total=self.stats.retained_ignored)
+
+    # --- one message ------------------------------------------------------------------------------------
+
+    async def _on_message(self, payload: object) -> None:
+        received, started = self._clock(), time.monotonic()
+        self.stats.messages += 1
+        if not isinstance(payload, bytes | bytearray | str):
+            parsed: CommandDoc | Refusal = Refusal("malformed", "empty or non-text payload")
+        else:
+            parsed = parse_command(payload)
+        if isinstance(parsed, Refusal):
+            await self._conclude(
+                parsed.command_id,
+                parsed.point_id,
+                parsed.action,
+                None,
+                "refused",
+                parsed.reason,
+                parsed.detail,
+                received,
+                started,
+                store=False,
+            )
+            return
+        cmd = parsed
+        stored = await self.store.get(cmd.command_id)
+        if stored is not None:
+            await self._replay(cmd, stored.result)
+            return
+        checked = check_command(cmd, self.site, received)
+        if isinstance(checked, Refusal):
+            await self._refuse(cmd, checked, received, started)
+            return
+        point, action = checked
+        if not self._take_rate_slot(started):
+            limit = f"more than {self.site.commands.rate_limit} commands per minute"
+            await self._refuse(cmd, Refusal("rate_limited", limit), received, started)
+            return
+        duration = (cmd.duration or action.pulse_default) if cmd.action == "pulse" else None
+        detail = f"pulse {duration:g}s" if duration is not None else "executing"
+        self._inflight.add(cmd.command_id)
+        await self._conclude(cmd.command_id, cmd.point_id, cmd.action, cmd, "accepted", None, detail, received, started)
+        assert self._slots is not None and self._tasks is not None
+        await self._slots.acquire()
+        self._tasks.create_task(self._execute(cmd, point, action, received, started))
+
+    def _take_rate_slot(self, now: float) -> bool:
+        while self._accepted and now - self._accepted[0] >= RATE_WINDOW:
+            self._accepted.popleft()
+        if len(self._accepted) >= self.site.commands.rate_limit:
+            return False
+        self._accepted.append(now)
+        return True
+
+    async def _execute(
+        self, cmd: CommandDoc, point: PointConfig, action: PointAction, received: datetime, started: float
+    ) -> None:
+        try:
+            outcome = await self.executor.execute(
+                point, action, operator=cmd.operator, duration=cmd.duration, limit=self.site.commands.timeout
+            )
+            status: Status = "executed" if outcome.ok else "failed"
+            await self._conclude(
+                cmd.command_id, cmd.point_id, cmd.action, cmd, status, outcome.reason, outcome.detail, received, started
+            )
+        finally:
+            self._inflight.discard(cmd.command_id)
+            assert self._slots is not None
+            self._slots.release()
+
+    async def _replay(self, cmd: CommandDoc, stored: str) -> None:
+        """A command_id seen before: re-send its stored result, touch nothing (audited as well)."""
+        self.stats.replays += 1
+        previous = CommandResultDoc.model_validate_json(stored)
+        text = (
+            f"repeated command_id {cmd.command_id} ({cmd.action} on {cmd.point_id} by {cmd.operator}): "
+            f"stored result '{previous.status}' re-sent, nothing executed"
+        )
+        await self._audit(cmd.point_id, cmd.action, text, received=self._clock(), failed=False)
+        await self._publish(previous.model_copy(update={"replay": True}), None)
+
+    async def _refuse(self, cmd: CommandDoc, refusal: Refusal, received: datetime, started: float) -> None:
+        """A well-formed command refused by the checks: audited, recorded (replays get it) and answered."""
+        await self._conclude(
+            cmd.command_id, cmd.point_id, cmd.action, cmd, "refused", refusal.reason, refusal.detail, received, started
+        )
+
+    async def _conclude(
+        self,
+        command_id: str | None,
+        point_id: str | None,
+        action: str | None,
+        cmd: CommandDoc | None,
+        status: Status,
+        reason: str | None,
+        detail: str,
+        received: datetime,
+        started: float,
+        *,
+        store: bool = True,
+    ) -> None:
+        """Audit (journal) first, then the durable record, then the answer on the results topic."""
+        who = f" by {cmd.operator}" if cmd is not None else ""
+        why = f"; operator's reason: {cmd.reason[:200]}" if cmd is not None and cmd.reason else ""
+        outcome = f"{status}" + (f" ({reason}: {detail})" if reason else f": {detail}")
+        text = f"command {command_id or '?'}: {action or '?'} on {point_id or '?'}{who} -> {outcome}{why}"
+        seq = await self._audit(point_id, action, text, received=received, failed=status == "failed")
+        result = CommandResultDoc(
+            site=self.site.site.id,
+            command_id=command_id,
+            point_id=point_id,
+            action=action,
+            status=status,
+            reason=reason,
+            detail=detail,
+            received_at=received,
+            at=self._clock(),
+            audit_seq=seq,
+        )
+        payload = result.to_json()
+        if store and command_id is not None:
+            await self.store.put(command_id, status, payload)
+        self.stats.result(action, status, reason)
+        if status != "accepted":
+            self.stats.latency(time.monotonic() - started)
+        log.info("command_result", command_id=command_id, point=point_id, action=action, status=status, reason=reason)
+        await self._publish(result, command_id if store else None)
+
+    async def _audit(
+        self, point_id: str | None, action: str | None, text: str, *, received: datetime, failed: bool
+    ) -> int | None:
+        event = audit_event(self.site, self._points.get(point_id or ""), action, text, received, failed=failed)
+        accepted = await self.sink.accept(Batch(events=(event,)))
+        return accepted[0].seq if accepted else None
+
+    async def _publish(self, result: CommandResultDoc, stored_id: str | None) -> None:
+        """Publish now if connected; a result that cannot be sent stays unpublished in the record and goes
+        out on the next connection."""
+        client = self._client
+        if client is None:
+            return
+        payload = result.to_json()
+        try:
+            await client.publish(self._results, payload, qos=1)
+        except aiomqtt.MqttError as exc:
+            log.warning("command_result_not_published", command_id=result.command_id, error=str(exc))
+            return
+        if stored_id is not None:
+            await self.store.mark_published(stored_id, payload)
+
+    async def _republish(self) -> None:
+        for row in await self.store.unpublished():
+            if row.command_id in self._inflight and row.status == "accepted":
+                continue  # its final result follows
+            client = self._client
+            if client is None:
+                return
+            await client.publish(self._results, row.result, qos=1)
+            await self.store.mark_published(row.command_id, row.result)
+
+    async def _finish_interrupted(self) -> None:
+        """Commands accepted by an earlier run that never concluded: we cannot know what the device did."""
+        for row in await self.store.interrupted():
+            previous = CommandResultDoc.model_validate_json(row.result)
+            await self._conclude(
+                row.command_id,
+                previous.point_id,
+                previous.action,
+                None,
+                "failed",
+                "interrupted",
+                "the gateway stopped while executing; the device state is unknown",
+                previous.received_at,
+                time.monotonic(),
+            )
+
+
+def audit_event(
+    site: SiteConfig, point: PointConfig | None, action: str | None, text: str, received: datetime, *, failed: bool
+) -> Event:
+    """The journal's record of a command or result: type command, state info; access for door actions."""
+    category = Category.ACCESS if action in DOOR_ACTIONS else Category.SUPERVISION
+    info = TYPES[EventType.COMMAND]
+    ref = (
+        PointRef(id=point.id, name=point.name, zone=point.zone, location=point.location)
+        if point
+        else PointRef(id="gateway.commands", name="command processor")
+    )
+    return make_event(
+        site=site.site.id,
+        tenant=point.tenant if point else None,
+        category=category,
+        event_type=EventType.COMMAND,
+        state=EventState.INFO,
+        priority=min(info.priority, 3) if failed else info.priority,
+        point=ref,
+        source=SourceRef(
+            protocol="gateway",
+            device_id=point.device if point else "gateway",
+            address=commands_topic(site.site.id),
+            raw=action,
+        ),
+        occurred_at=received,
+        detected_at=utcnow(),
+        commissioning=point.commissioning if point else False,
+        text=text[:1000],
+    )

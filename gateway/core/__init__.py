@@ -1,0 +1,1 @@
+"""The protocol-neutral core: ports, normaliser, pipeline, event factory, lifecycle contract."""

@@ -1,0 +1,148 @@
+"""The ports of the core: what adapters hand in, where events go, and what operators can read.
+
+An adapter never builds events: it reports raw readings (and device reachability) to a `ReadingSink`.
+The normaliser decides what is an alarm. `submit` returns only once the resulting events are durably
+accepted (journaled), so an adapter may acknowledge a device's notification after it returns. The
+`EventSink` is the other half: it journals batches and delivers them. `Health` and `DeviceMetrics` are how
+components and adapters report to the operator endpoints without those knowing any component's type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+from gateway.core.histogram import Buckets
+from gateway.domain.event import Credential, Event, Notification
+from gateway.domain.state import Batch, DeviceState, PointState
+from gateway.domain.values import RawValue
+
+
+class Quality(StrEnum):
+    GOOD = "good"
+    BAD = "bad"  # the value could not be read (device silent, malformed reply): never a restore
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One observation of one configured point."""
+
+    point_id: str
+    value: RawValue | None
+    quality: Quality
+    detected_at: datetime
+    occurred_at: datetime | None = None  # the device's own time stamp, when it gives one
+    # Distinguishes two occurrences with the same value (e.g. two consecutive access grants);
+    # momentary points emit an event whenever (value, occurrence) changes.
+    occurrence: str | None = None
+    credential: Credential | None = None
+    notification: Notification | None = None
+    text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatus:
+    """Reachability of one device, as its adapter's supervision judges it."""
+
+    device_id: str
+    online: bool
+    at: datetime
+    reason: str = ""
+    detail: dict[str, str] = field(default_factory=dict)
+
+
+class ReadingSink(Protocol):
+    async def submit(self, reading: Reading) -> None:
+        """Hand on one reading; returns when its events (if any) are durably accepted."""
+
+    async def device_status(self, status: DeviceStatus) -> None:
+        """Report a device going offline or coming back; returns when its event is accepted."""
+
+
+class Adapter(Protocol):
+    """A long-running protocol adapter. `run` returns only when cancelled (or raises on a fatal error)."""
+
+    name: str
+
+    async def run(self, sink: ReadingSink) -> None: ...
+
+
+class EventSink(Protocol):
+    """Where normalised events go: the journal + MQTT delivery in production, stdout for commissioning."""
+
+    async def load_state(self) -> tuple[list[PointState], list[DeviceState]]:
+        """The persisted state table (empty for a sink without memory)."""
+
+    async def accept(self, batch: Batch) -> Sequence[Event]:
+        """Durably accept a batch; returns its events with `seq` assigned, in order."""
+
+    async def run(self) -> None:
+        """The sink's long-running work (delivery); returns only when cancelled."""
+
+    async def close(self) -> None:
+        """Finish in-flight work on a clean shutdown (flush, publish offline status)."""
+
+
+# --- what operators read -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    """One component's own verdict for /readyz: ready or not, and why, in an operator's words."""
+
+    ok: bool
+    detail: str
+
+
+@runtime_checkable
+class Health(Protocol):
+    """A component that can say whether it is ready (connected, writable, running)."""
+
+    name: str
+
+    def health(self) -> HealthReport: ...
+
+
+# Counters an adapter may report per device: metric `gcmk_device_<name>_total` with this help text.
+DEVICE_COUNTERS: dict[str, str] = {
+    "polls": "Poll cycles of a polled device",
+    "failed_polls": "Poll cycles in which at least one request failed",
+    "poll_overruns": "Poll slots skipped because a poll (or back-pressure) ran past them",
+    "poll_lateness_seconds": "Summed delay of poll starts after their due time (rate = mean lateness)",
+    "readings": "Readings the adapter handed to the gateway",
+    "cov_notifications": "BACnet COV notifications received",
+    "event_notifications": "BACnet event notifications received",
+    "duplicate_notifications": "BACnet confirmed notifications received again (device retries), answered once",
+    "resyncs": "BACnet alarm-state resynchronisations (GetEventInformation and reads after (re)connect)",
+    "stale_reads": "BACnet read answers dropped because a newer notification for the object had arrived",
+}
+# Gauges an adapter may report per device: metric `gcmk_device_<name>`.
+DEVICE_GAUGES: dict[str, str] = {
+    "cov_subscriptions_active": "BACnet COV subscriptions currently active",
+    "polled_fallback_objects": "BACnet objects polled because the device refused COV for them",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSnapshot:
+    """What an adapter knows about one device at scrape time. Names in `counters` and `gauges` are keys of
+    DEVICE_COUNTERS and DEVICE_GAUGES; `last_contact` is Unix time."""
+
+    online: bool | None
+    last_contact: float | None = None
+    errors: Mapping[str, int] = field(default_factory=dict)
+    counters: Mapping[str, float] = field(default_factory=dict)
+    gauges: Mapping[str, float] = field(default_factory=dict)
+    poll_durations: Buckets | None = None
+
+
+@runtime_checkable
+class DeviceMetrics(Protocol):
+    """An adapter's per-device view for /metrics (device id -> snapshot)."""
+
+    protocol: str
+
+    def device_metrics(self) -> Mapping[str, DeviceSnapshot]: ...

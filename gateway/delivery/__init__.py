@@ -1,0 +1,1 @@
+"""The production EventSink: durable journal, outbox and MQTT publisher to the meldkamer."""

@@ -1,0 +1,539 @@
+"""The durable store-and-forward journal: SQLite in WAL mode with `synchronous=FULL`.
+
+An event counts as received only once its commit returned: `commit` writes a whole group of batches
+(events + the normaliser's state rows) in ONE transaction, assigning `seq` gap-free per site from a
+counter kept in the same database, so numbering survives restarts and pruning. Delivered events are kept
+for the retention period (audit, replay), then pruned. Beyond the disk bound only `info` events are shed
+(never command audit records: see `sheddable`).
+
+The class is synchronous. SQL runs on one thread only (the delivery sink's journal thread, through an
+executor, never on the event loop); `plan` (numbering, serialising: pure Python, no SQL) runs on the loop's
+thread so that the journal thread spends its time in SQLite's C code, which releases the GIL. Each commit
+is a constant number of SQLite calls whatever its size (multi-row INSERT, JSON parameters).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from gateway.core.events import make_event
+from gateway.domain.errors import GatewayError
+from gateway.domain.event import Event, PointRef, SourceRef
+from gateway.domain.state import NORMAL, UNKNOWN, Batch, DeviceState, PointState
+from gateway.domain.taxonomy import Category, EventState, EventType
+
+SCHEMA_VERSION = 1
+PRUNE_CHUNK = 5_000  # rows per DELETE, so one prune never holds the writer for long
+# The disk bound is measured (one SQLite call) only when an over-estimate of the growth since the last
+# measurement could have crossed it, and at least every MEASURE_EVERY commits.
+MEASURE_EVERY = 64
+ROW_OVERHEAD = 256  # bytes per event row besides its payload (columns, b-tree and index entries), generous
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    category TEXT NOT NULL,
+    state TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    payload TEXT NOT NULL,
+    journaled_at REAL NOT NULL,
+    link_down INTEGER NOT NULL,
+    delivered_at REAL,
+    detected_at REAL
+);
+CREATE INDEX IF NOT EXISTS events_undelivered ON events(seq) WHERE delivered_at IS NULL;
+CREATE INDEX IF NOT EXISTS events_delivered ON events(delivered_at) WHERE delivered_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS points (
+    point_id TEXT PRIMARY KEY,
+    condition TEXT NOT NULL,
+    value TEXT,
+    since TEXT NOT NULL,
+    last_key TEXT,
+    as_of_seq INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    published_version INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS devices (device_id TEXT PRIMARY KEY, online INTEGER NOT NULL, since TEXT NOT NULL);
+"""
+
+
+class JournalError(GatewayError):
+    """The journal could not be opened or written (disk full, I/O error, corrupt file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Journaled:
+    """One committed event as the publisher needs it: JSON ready to send (with seq, buffered false)."""
+
+    seq: int
+    event_id: str
+    category: str
+    priority: int
+    payload: str
+    journaled_at: float  # wall clock (epoch seconds): survives restarts
+    link_down: bool  # the MQTT link was down when it was journaled: it will be delivered late
+    detected_at: float = 0.0  # the event's detected_at (epoch seconds): end-to-end latency starts there
+
+
+@dataclass(frozen=True, slots=True)
+class StateDoc:
+    """A point's current state to publish retained; `version` increments on each change."""
+
+    point_id: str
+    condition: str
+    value: int | str | None
+    since: datetime
+    as_of_seq: int
+    version: int
+
+
+@dataclass(slots=True)
+class CommitResult:
+    per_batch: list[list[Event]] = field(default_factory=list)  # the callers' events with seq
+    journaled: list[Journaled] = field(default_factory=list)  # everything committed, incl. announcements
+    states: list[StateDoc] = field(default_factory=list)
+    shed: int = 0
+
+
+@dataclass(slots=True)
+class Plan:
+    """A commit prepared by `Journal.plan`, written by `Journal.write`."""
+
+    result: CommitResult
+    over: bool  # beyond the disk bound: info events shed
+    last_seq: int  # before this plan, to roll back to
+    versions: dict[str, int] = field(default_factory=dict)  # point versions before this plan
+    rows: list[list[object]] = field(default_factory=list)
+    growth: int = 0  # over-estimate of the bytes this plan adds to the database
+    points: list[list[object]] = field(default_factory=list)
+    devices: list[list[object]] = field(default_factory=list)
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat()
+
+
+def sheddable(event: Event) -> bool:
+    """Only information events may be shed; alarms, restores and supervision events never, and neither
+    the audit records of operator commands (`command`, info, some in the access category)."""
+    return (
+        event.state is EventState.INFO
+        and event.category is not Category.SUPERVISION
+        and event.type is not EventType.COMMAND
+    )
+
+
+class Journal:
+    """SQLite journal of one site. Not thread-safe: use it from one thread only."""
+
+    def __init__(self, path: Path, *, site: str, max_bytes: int, retention: float) -> None:
+        self.path = Path(path)
+        self.site = site
+        self.max_bytes = max_bytes
+        self.retention = retention
+        self._db: sqlite3.Connection | None = None
+        self.last_seq = 0
+        self.depth = 0  # undelivered events
+        self.shed_total = 0
+        self.shedding = False
+        self._page_size = 4096
+        self._versions: dict[str, int] = {}
+        self.over_bound = False  # measured after commits (and at open): the next plan sheds info events
+        self._used = 0  # bytes in use at the last measurement
+        self._growth = 0  # over-estimated bytes added since then
+        self._unmeasured_commits = 0
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA journal_size_limit=8388608")
+            db.executescript(_SCHEMA)
+            columns = {str(row[1]) for row in db.execute("PRAGMA table_info(events)")}
+            if "detected_at" not in columns:  # a journal written before the column existed
+                db.execute("ALTER TABLE events ADD COLUMN detected_at REAL")
+            self._db = db
+            self._page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+            # meta.last_seq is written when events are deleted (pruning), not with every commit: the highest
+            # seq is the larger of the two.
+            max_seq = db.execute("SELECT MAX(seq) FROM events").fetchone()[0]
+            self.last_seq = max(int(self._meta("last_seq", "0")), int(max_seq or 0))
+            self.shed_total = int(self._meta("shed_total", "0"))
+            self.shedding = self._meta("shedding", "0") == "1"
+            self.depth = int(db.execute("SELECT COUNT(*) FROM events WHERE delivered_at IS NULL").fetchone()[0])
+            self._versions = {str(r[0]): int(r[1]) for r in db.execute("SELECT point_id, version FROM points")}
+            self.over_bound = self._over_bound()
+            if self._meta("schema_version", "") == "":
+                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise JournalError("journal is not open")
+        return self._db
+
+    def _meta(self, key: str, default: str) -> str:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else default
+
+    # --- state table -------------------------------------------------------------------------------------
+
+    def load_state(self) -> tuple[list[PointState], list[DeviceState]]:
+        points = [
+            PointState(
+                point_id=row[0],
+                condition=row[1],
+                value=None if row[2] is None else json.loads(row[2]),
+                since=datetime.fromisoformat(row[3]),
+                last_key=row[4],
+            )
+            for row in self.db.execute("SELECT point_id, condition, value, since, last_key FROM points")
+        ]
+        devices = [
+            DeviceState(device_id=row[0], online=bool(row[1]), since=datetime.fromisoformat(row[2]))
+            for row in self.db.execute("SELECT device_id, online, since FROM devices")
+        ]
+        return points, devices
+
+    def dirty_states(self) -> list[StateDoc]:
+        """State rows changed since they were last published (PUBACK), e.g. before a restart."""
+        rows = self.db.execute(
+            "SELECT point_id, condition, value, since, as_of_seq, version FROM points"
+            " WHERE version > published_version ORDER BY as_of_seq"
+        )
+        return [_state_doc(row) for row in rows]
+
+    def mark_states_published(self, published: Iterable[tuple[str, int]]) -> None:
+        rows = list(published)
+        if not rows:
+            return
+        with self._transaction():
+            self.db.execute(
+                "UPDATE points SET published_version = MAX(published_version, j.value->>1)"
+                " FROM json_each(?) AS j WHERE points.point_id = j.value->>0",
+                (json.dumps(rows),),
+            )
+
+    # --- events ------------------------------------------------------------------------------------------
+
+    def commit(
+        self,
+        batches: Sequence[Batch],
+        *,
+        now: float,
+        link_down: bool,
+        handed_at: Sequence[float] | None = None,
+    ) -> CommitResult:
+        """Journals a group of batches in one transaction (one fsync); returns what was committed."""
+        plan = self.plan(batches, now=now, link_down=link_down, handed_at=handed_at)
+        self.write(plan)
+        return plan.result
+
+    def plan(
+        self,
+        batches: Sequence[Batch],
+        *,
+        now: float,
+        link_down: bool,
+        handed_at: Sequence[float] | None = None,
+    ) -> Plan:
+        """The Python half of a commit (numbering, serialising; no SQL), for the event loop's thread.
+
+        Splitting it from `write` keeps the journal thread in SQLite's C code, which runs without the GIL:
+        a thread serialising events would contend for the GIL with the event loop at every system call.
+        `handed_at` (per batch, default `now`) is when each batch was handed to the sink: the age used for
+        `buffered` starts there (latency starts at each event's `detected_at`). Only one plan may be
+        outstanding (the single writer).
+        """
+        plan = Plan(result=CommitResult(), over=self.over_bound, last_seq=self.last_seq)
+        times = list(handed_at) if handed_at is not None else [now] * len(batches)
+        over, number, per_batch = plan.over, self._number, plan.result.per_batch  # hot loop: locals
+        for batch, at in zip(batches, times, strict=True):
+            kept: list[Event] = []
+            for event in batch.events:
+                if over and sheddable(event):
+                    plan.result.shed += 1
+                    continue
+                kept.append(number(event, at, link_down, plan))
+            per_batch.append(kept)
+            if batch.points or batch.devices:
+                self._states(batch, plan)
+        if plan.over != self.shedding:
+            self._number(self._shed_announcement(plan.over, now), now, link_down, plan)
+        return plan
+
+    def write(self, plan: Plan) -> None:
+        """The SQL half of a commit: one transaction, a constant number of SQLite calls whatever its size.
+
+        Each SQLite call releases the GIL and must take it back from a busy event loop, so the common commit
+        (events only, up to MAX_ROWS_PER_INSERT) is ONE statement, atomic and fsync'd on its own in
+        autocommit mode; state rows, more events or a change of the shedding counters take a transaction.
+        """
+        meta: list[tuple[str, str]] = []
+        if plan.result.shed:
+            meta.append(("shed_total", str(self.shed_total + plan.result.shed)))
+        if plan.over != self.shedding:
+            meta.append(("shedding", "1" if plan.over else "0"))
+        try:
+            if len(plan.rows) <= MAX_ROWS_PER_INSERT and not (plan.points or plan.devices or meta):
+                self._write(plan.rows, plan.points, plan.devices)  # one statement: its own transaction
+            else:
+                with self._transaction():
+                    self._write(plan.rows, plan.points, plan.devices)
+                    if meta:
+                        self._set_meta_many(meta)
+        except sqlite3.Error as exc:
+            self.last_seq = plan.last_seq
+            self._versions.update(plan.versions)
+            raise JournalError(f"journal commit failed: {exc}") from exc
+        self.shed_total += plan.result.shed
+        self.shedding = plan.over
+        self.depth += len(plan.result.journaled)
+        self._growth += plan.growth
+        self._unmeasured_commits += 1
+        if (
+            self.over_bound
+            or self._used + self._growth >= self.max_bytes
+            or self._unmeasured_commits >= MEASURE_EVERY
+        ):
+            try:
+                self.over_bound = self._over_bound()
+            except sqlite3.Error as exc:
+                raise JournalError(f"journal size check failed: {exc}") from exc
+
+    def _number(self, event: Event, at: float, link_down: bool, plan: Plan) -> Event:
+        seq = self.last_seq = self.last_seq + 1
+        numbered = event.with_seq(seq)
+        payload = numbered.to_json()  # serialised once: journaled, and published as it is
+        event_id = str(event.event_id)
+        detected = event.detected_at.timestamp()
+        category = event.category.value
+        priority = event.priority
+        plan.rows.append([seq, event_id, category, event.state.value, priority, payload, at, link_down, detected])
+        plan.growth += 2 * len(payload) + ROW_OVERHEAD
+        plan.result.journaled.append(Journaled(seq, event_id, category, priority, payload, at, link_down, detected))
+        return numbered
+
+    def _states(self, batch: Batch, plan: Plan) -> None:
+        for point in batch.points:
+            plan.versions.setdefault(point.point_id, self._versions.get(point.point_id, 0))
+            version = self._versions.get(point.point_id, 0) + 1
+            self._versions[point.point_id] = version
+            value = None if point.value is None else json.dumps(point.value)
+            plan.points.append([point.point_id, point.condition, value, _iso(point.since), point.last_key,
+                                self.last_seq, version])
+            plan.result.states.append(
+                StateDoc(point.point_id, point.condition, point.value, point.since, self.last_seq, version)
+            )
+        for device in batch.devices:
+            plan.devices.append([device.device_id, int(device.online), _iso(device.since)])
+
+    def _write(self, rows: list[list[object]], points: list[list[object]], devices: list[list[object]]) -> None:
+        _insert_many(
+            self.db,
+            "INSERT INTO events (seq, event_id, category, state, priority, payload, journaled_at, link_down,"
+            " detected_at) VALUES",
+            rows,
+        )
+        _insert_many(
+            self.db,
+            "INSERT INTO points (point_id, condition, value, since, last_key, as_of_seq, version) VALUES",
+            points,
+            " ON CONFLICT(point_id) DO UPDATE SET condition = excluded.condition, value = excluded.value,"
+            " since = excluded.since, last_key = excluded.last_key, as_of_seq = excluded.as_of_seq,"
+            " version = excluded.version",
+        )
+        _insert_many(self.db, "INSERT OR REPLACE INTO devices (device_id, online, since) VALUES", devices)
+
+    def _set_meta_many(self, items: list[tuple[str, str]]) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO meta SELECT value->>0, value->>1 FROM json_each(?)", (json.dumps(items),)
+        )
+
+    def _shed_announcement(self, starting: bool, now: float) -> Event:
+        at = datetime.fromtimestamp(now, UTC)
+        state = EventState.ALARM if starting else EventState.RESTORE
+        text = (
+            f"journal disk bound of {self.max_bytes} bytes reached: info events are being shed"
+            if starting
+            else f"journal below its disk bound again; {self.shed_total} info events shed in total"
+        )
+        return make_event(
+            site=self.site,
+            event_type=EventType.INFO_SHED,
+            state=state,
+            point=PointRef(id="gateway.journal", name="gateway journal"),
+            source=SourceRef(protocol="gateway", device_id="gateway", address=str(self.path)),
+            occurred_at=at,
+            detected_at=at,
+            text=text,
+        )
+
+    def mark_delivered(self, seqs: Sequence[int], now: float) -> int:
+        """Marks events delivered (after PUBACK); returns how many were newly marked."""
+        if not seqs:
+            return 0
+        with self._transaction():
+            cursor = self.db.execute(
+                "UPDATE events SET delivered_at = ? WHERE seq IN (SELECT value FROM json_each(?))"
+                " AND delivered_at IS NULL",
+                (now, json.dumps(list(seqs))),
+            )
+            marked = cursor.rowcount
+        self.depth = max(0, self.depth - marked)
+        if self.over_bound:  # delivered events can now make room
+            self.over_bound = self._over_bound()
+        return marked
+
+    def read_undelivered(self, from_seq: int, limit: int) -> list[Journaled]:
+        return parse_page(self.read_undelivered_json(from_seq, limit))
+
+    def read_undelivered_json(self, from_seq: int, limit: int) -> str:
+        """Undelivered events from `from_seq` on as one JSON text (one SQLite call; parse with parse_page
+        on the caller's thread, so the journal thread holds the GIL as little as possible)."""
+        row = self.db.execute(
+            "SELECT json_group_array(json_array(seq, event_id, category, priority, payload, journaled_at,"
+            " link_down, IFNULL(detected_at, journaled_at)))"
+            " FROM (SELECT * FROM events WHERE delivered_at IS NULL AND seq >= ? ORDER BY seq LIMIT ?)",
+            (from_seq, limit),
+        ).fetchone()
+        return str(row[0]) if row and row[0] else "[]"
+
+    def first_undelivered_seq(self) -> int:
+        row = self.db.execute("SELECT MIN(seq) FROM events WHERE delivered_at IS NULL").fetchone()
+        return int(row[0]) if row and row[0] is not None else self.last_seq + 1
+
+    def oldest_undelivered_at(self) -> float | None:
+        row = self.db.execute(
+            "SELECT journaled_at FROM events WHERE delivered_at IS NULL ORDER BY seq LIMIT 1"
+        ).fetchone()
+        return float(row[0]) if row else None
+
+    def events(self, from_seq: int = 1, limit: int = 1_000) -> list[Event]:
+        """Journaled events (delivered or not) for audit and replay."""
+        rows = self.db.execute("SELECT payload FROM events WHERE seq >= ? ORDER BY seq LIMIT ?", (from_seq, limit))
+        return [Event.from_json(r[0]) for r in rows]
+
+    # --- bounds ------------------------------------------------------------------------------------------
+
+    def used_bytes(self) -> int:
+        """Bytes in use by the database (the file's free pages are reused, so they do not count)."""
+        row = self.db.execute(
+            "SELECT p.page_count - f.freelist_count FROM pragma_page_count() AS p, pragma_freelist_count() AS f"
+        ).fetchone()
+        return int(row[0]) * self._page_size
+
+    def _over_bound(self) -> bool:
+        self._growth = 0
+        self._unmeasured_commits = 0
+        self._used = self.used_bytes()
+        if self._used < self.max_bytes:
+            return False
+        # Delivered events are the cheapest to give up: prune them (oldest first) before shedding anything.
+        while self._used >= self.max_bytes:
+            with self._transaction():
+                self._keep_last_seq()
+                cursor = self.db.execute(
+                    "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE delivered_at IS NOT NULL"
+                    " ORDER BY seq LIMIT ?)",
+                    (PRUNE_CHUNK,),
+                )
+            if cursor.rowcount == 0:
+                return True
+            self._used = self.used_bytes()
+        return False
+
+    def _keep_last_seq(self) -> None:
+        """Before events are deleted: the highest committed seq goes to meta, so numbering survives even
+        when every event row is pruned (open() takes the larger of meta and the rows)."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO meta SELECT 'last_seq', MAX(IFNULL((SELECT MAX(seq) FROM events), 0),"
+            " IFNULL((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'last_seq'), 0))"
+        )
+
+    def prune(self, now: float) -> int:
+        """Deletes delivered events older than the retention; returns how many."""
+        cutoff = now - self.retention
+        total = 0
+        while True:
+            with self._transaction():
+                self._keep_last_seq()
+                cursor = self.db.execute(
+                    "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE delivered_at IS NOT NULL"
+                    " AND delivered_at < ? LIMIT ?)",
+                    (cutoff, PRUNE_CHUNK),
+                )
+            total += cursor.rowcount
+            if cursor.rowcount < PRUNE_CHUNK:
+                return total
+
+    # --- helpers -----------------------------------------------------------------------------------------
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self.db)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error (the connection runs in autocommit mode)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self._db.execute("COMMIT")
+        else:
+            self._db.execute("ROLLBACK")
+
+
+MAX_ROWS_PER_INSERT = 500  # well under SQLite's limit of 32766 bound parameters
+
+
+def _insert_many(db: sqlite3.Connection, head: str, rows: list[list[object]], tail: str = "") -> None:
+    """Multi-row INSERT: one SQLite call per 500 rows (executemany would release the GIL once per row)."""
+    for start in range(0, len(rows), MAX_ROWS_PER_INSERT):
+        chunk = rows[start : start + MAX_ROWS_PER_INSERT]
+        row = "(" + ",".join("?" * len(chunk[0])) + ")"
+        params = [value for r in chunk for value in r]
+        db.execute(f"{head} {','.join([row] * len(chunk))}{tail}", params)
+
+
+def parse_page(text: str) -> list[Journaled]:
+    return [Journaled(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7]) for r in json.loads(text)]
+
+
+def _state_doc(row: Sequence[object]) -> StateDoc:
+    raw = row[2]
+    return StateDoc(
+        point_id=str(row[0]),
+        condition=str(row[1]),
+        value=None if raw is None else json.loads(str(raw)),
+        since=datetime.fromisoformat(str(row[3])),
+        as_of_seq=int(str(row[4])),
+        version=int(str(row[5])),
+    )
+
+
+def in_alarm(condition: str) -> bool:
+    return condition not in (NORMAL, UNKNOWN)

@@ -1,0 +1,432 @@
+"""The production EventSink: durable journal + MQTT publisher to the meldkamer.
+
+`accept` returns only after the batch's events and state rows are committed (fsync'd) in the journal.
+Concurrent callers share commits: they queue (bounded: back-pressure, never a drop) for the single writer,
+which commits everything queued in one transaction on the journal's own thread, so SQLite never blocks
+the event loop and throughput does not hinge on one fsync per event. The writer is a chain of loop
+callbacks rather than a task awaiting futures: the commit's completion resolves the callers in the next
+loop iteration, and the next group is planned right after the woken callers queued again (one iteration
+later), where awaiting a queue, an executor future and a shield took five iterations, each as long as
+all the MQTT work that was ready then. The `_writer` task supervises the chain and re-raises its bugs.
+`run` drives the writer, the publisher (status, heartbeats, events, point states), marking of PUBACKs and
+the retention pruner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import structlog
+
+from gateway.config.models import SiteConfig
+from gateway.core.lifecycle import RunsInBackground
+from gateway.core.ports import HealthReport
+from gateway.delivery.contract import HeartbeatDoc, StatusDoc
+from gateway.delivery.journal import CommitResult, Journal, Journaled, JournalError, Plan, parse_page
+from gateway.delivery.outbox import Outbox
+from gateway.delivery.publisher import Publisher
+from gateway.delivery.stats import DeliveryStats
+from gateway.domain.event import Event
+from gateway.domain.state import Batch, DeviceState, PointState
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+QUEUE_BATCHES = 1_024  # accept() callers waiting for the writer before back-pressure
+GROUP_MAX = 2_048  # batches per commit
+MARK_INTERVAL = 0.1  # seconds between writes of PUBACK marks
+PRUNE_INTERVAL = 600.0
+CLOSE_GRACE = 3.0
+
+
+@dataclass(slots=True)
+class _Pending:
+    batch: Batch
+    handed_at: float
+    future: asyncio.Future[list[Event]]
+
+
+def journal_path(site: SiteConfig) -> Path:
+    return site.journal.data_dir / f"{site.site.id}.journal.sqlite3"
+
+
+def open_journal(site: SiteConfig) -> Journal:
+    """The site's journal as configured (not yet opened: `DeliverySink` opens it on its own thread)."""
+    return Journal(
+        journal_path(site), site=site.site.id, max_bytes=site.journal.max_bytes, retention=site.journal.retention
+    )
+
+
+class PublisherFactory(Protocol):
+    """How the sink gets its publisher: the outbox and the status documents are the sink's own."""
+
+    def __call__(
+        self,
+        site: SiteConfig,
+        outbox: Outbox,
+        stats: DeliveryStats,
+        *,
+        online: Callable[[], StatusDoc],
+        offline: Callable[[str], StatusDoc],
+        heartbeat: Callable[[], Awaitable[HeartbeatDoc]],
+    ) -> Publisher: ...
+
+
+class DeliverySink(RunsInBackground):
+    """EventSink of the gateway: see the module docstring. `stats` is exported by the metrics endpoint.
+    `async with DeliverySink(...) as sink:` runs it and closes it cleanly (gateway.core.lifecycle)."""
+
+    def __init__(
+        self,
+        site: SiteConfig,
+        *,
+        config_hash: str,
+        version: str,
+        journal: Journal | None = None,
+        executor: ThreadPoolExecutor | None = None,
+        publisher: PublisherFactory | None = None,
+        stats: DeliveryStats | None = None,
+        devices: Callable[[], tuple[int, int]] = lambda: (0, 0),
+        close_grace: float = CLOSE_GRACE,
+    ) -> None:
+        """Collaborators default to the production ones (the composition root, gateway/app/wiring.py, passes
+        them explicitly); tests hand in a journal on a failing file system or a publisher of their own."""
+        self.site = site
+        self.name = "sink"
+        self.stats = stats or DeliveryStats()
+        self._config_hash = config_hash
+        self._version = version
+        self._devices = devices
+        self._close_grace = close_grace
+        self._started_at = datetime.now(UTC)
+        self._journal = journal or open_journal(site)
+        # SQLite runs on one thread of its own, so the event loop never waits for a disk.
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcmk-journal")
+        self._pending: deque[_Pending] = deque()  # accept() callers waiting for a commit
+        self._room = asyncio.Event()  # set while _pending has room (back-pressure beyond QUEUE_BATCHES)
+        self._idle = asyncio.Event()  # nothing pending and no commit under way
+        self._idle.set()
+        self._commit: Future[None] | None = None  # the write under way on the journal thread
+        self._committing = False  # a commit is under way or scheduled
+        self._writer_on = False  # the _writer task runs: commits may start
+        self._writer_error: BaseException | None = None
+        self._writer_failed = asyncio.Event()
+        self._open_lock = asyncio.Lock()
+        self._opened = False
+        self._closed = False
+        self._running = False
+        self._write_failed = False  # the last journal write (commit or marks) failed
+        self._finished = asyncio.Event()
+        self.outbox = Outbox(site.site.id, self._read_undelivered)
+        make_publisher = publisher or Publisher
+        self.publisher = make_publisher(
+            site, self.outbox, self.stats, online=self._online, offline=self._offline, heartbeat=self._heartbeat
+        )
+
+    def health(self) -> HealthReport:
+        """For /readyz: MQTT connected and the journal writable."""
+        if not self.stats.connected:
+            return HealthReport(
+                False, "mqtt not connected" + (f": {self.stats.last_error}" if self.stats.last_error else "")
+            )
+        if not self.journal_writable:
+            return HealthReport(False, "journal not writable")
+        return HealthReport(True, "mqtt connected, journal writable")
+
+    # --- EventSink ---------------------------------------------------------------------------------------
+
+    async def load_state(self) -> tuple[list[PointState], list[DeviceState]]:
+        await self._open()
+        return await self._db(self._journal.load_state)
+
+    async def accept(self, batch: Batch) -> Sequence[Event]:
+        """Journals the batch; returns its events with seq (shed info events are left out)."""
+        if self._closed:
+            raise JournalError("delivery sink is closed")
+        if not batch:
+            return []
+        while len(self._pending) >= QUEUE_BATCHES:
+            self._room.clear()
+            await self._room.wait()
+            if self._closed:
+                raise JournalError("delivery sink is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Event]] = loop.create_future()
+        self._pending.append(_Pending(batch, time.time(), future))
+        self._idle.clear()
+        if self._writer_on and not self._committing:
+            self._committing = True
+            loop.call_soon(self._start_commit)  # after the other callers woken in this iteration queued
+        return await future
+
+    async def run(self) -> None:
+        await self._open()
+        self._running = True
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._writer())
+                tg.create_task(self._marker())
+                tg.create_task(self._pruner())
+                await self.publisher.run()  # returns after close() asked it to stop
+                raise _Stopped
+        except* _Stopped:
+            pass
+        finally:
+            self._running = False
+            if self._commit is not None:  # let the commit under way finish: its callers learn the outcome
+                with contextlib.suppress(Exception):
+                    await asyncio.wrap_future(self._commit)
+            self._fail_queued(JournalError("delivery sink stopped"))
+            await self._flush_marks()
+            self._finished.set()
+
+    async def close(self) -> None:
+        """Clean shutdown: commit what is queued, drain for a short grace, publish `offline`, disconnect."""
+        if self._closed:
+            return
+        if self._running:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), self._close_grace)
+        self._closed = True
+        if self._running:
+            self.publisher.request_stop(self._close_grace)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._finished.wait(), self._close_grace + 5.0)
+        if self._opened:
+            await self._flush_marks()
+            await self._db(self._journal.close)
+        self._executor.shutdown(wait=True)
+
+    @property
+    def journal_writable(self) -> bool:
+        """For readiness: False once closed, and after a failed journal write until one succeeds again."""
+        return self._opened and not self._closed and not self._write_failed
+
+    # --- journal access ----------------------------------------------------------------------------------
+
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
+
+    async def _open(self) -> None:
+        async with self._open_lock:
+            if self._opened:
+                return
+            await self._db(self._journal.open)
+            self._opened = True
+            first = await self._db(self._journal.first_undelivered_seq)
+            states = await self._db(self._journal.dirty_states)
+            self.outbox.start(first, self._journal.last_seq, states)
+            self.stats.last_seq = self._journal.last_seq
+            self.stats.journal_depth = self._journal.depth
+
+    async def _read_undelivered(self, from_seq: int, limit: int) -> list[Journaled]:
+        return parse_page(await self._db(self._journal.read_undelivered_json, from_seq, limit))
+
+    # --- tasks -------------------------------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        """Enables the commit chain (see the module docstring) while it runs; raises what the chain hit."""
+        self._writer_on = True
+        try:
+            if self._pending and not self._committing:
+                self._committing = True
+                asyncio.get_running_loop().call_soon(self._start_commit)
+            await self._writer_failed.wait()
+            assert self._writer_error is not None
+            raise self._writer_error
+        finally:
+            self._writer_on = False
+
+    def _crash(self, exc: BaseException) -> None:
+        """A bug in the commit chain (not an I/O error): stop committing and let `_writer` raise it."""
+        self._writer_on = False
+        if self._writer_error is None:
+            self._writer_error = exc
+        self._writer_failed.set()
+
+    def _start_commit(self) -> None:
+        """Plans everything queued (up to GROUP_MAX batches) and hands it to the journal thread."""
+        self._committing = False
+        if not self._writer_on or not self._pending:
+            if not self._pending:
+                self._idle.set()
+            return
+        group = [self._pending.popleft() for _ in range(min(GROUP_MAX, len(self._pending)))]
+        self._room.set()
+        try:
+            plan = self._journal.plan(
+                [item.batch for item in group],
+                now=time.time(),
+                link_down=not self.stats.connected,
+                handed_at=[item.handed_at for item in group],
+            )
+            self._committing = True
+            commit = self._executor.submit(self._journal.write, plan)
+        except BaseException as exc:  # a bug, not an I/O error: fail the callers, then crash loudly
+            self._committing = False
+            self._finish(group, exc)
+            self._crash(exc)
+            return
+        self._commit = commit
+        loop = asyncio.get_running_loop()
+        commit.add_done_callback(lambda done: loop.call_soon_threadsafe(self._commit_done, group, plan, done))
+
+    def _commit_done(self, group: list[_Pending], plan: Plan, done: Future[None]) -> None:
+        """On the loop: resolves the group's callers, then plans the next group one iteration later, after
+        the callers woken here have queued their next batches. The events go to the outbox last, so that in
+        that iteration the publisher wakes after the next commit was handed to the journal thread: it then
+        publishes while the journal thread waits for the fsync."""
+        self._commit = None
+        try:
+            exc = done.exception()
+            self._finish(group, plan.result if exc is None else exc)
+        except BaseException as error:
+            self._committing = False
+            self._crash(error)
+            return
+        if exc is not None and not isinstance(exc, JournalError):
+            self._committing = False
+            self._crash(exc)
+            return
+        if self._writer_on:
+            asyncio.get_running_loop().call_soon(self._start_commit)  # _committing stays True until then
+        else:
+            self._committing = False
+            if not self._pending:
+                self._idle.set()
+        if exc is None:
+            self.outbox.committed(plan.result.journaled, plan.result.states)
+
+    def _finish(self, group: list[_Pending], outcome: CommitResult | BaseException) -> None:
+        if isinstance(outcome, CommitResult):
+            self._committed(group, outcome)
+            return
+        error = outcome if isinstance(outcome, JournalError) else JournalError(f"journal writer failed: {outcome!r}")
+        self._write_failed = True
+        log.error("journal_commit_failed", error=str(error), batches=len(group))
+        for item in group:
+            if not item.future.done():
+                item.future.set_exception(error)
+
+    def _committed(self, group: list[_Pending], result: CommitResult) -> None:
+        self._write_failed = False
+        self.stats.commits += 1
+        self.stats.committed_batches += len(group)
+        self.stats.journaled += len(result.journaled)
+        self.stats.last_seq = self._journal.last_seq
+        self.stats.journal_depth = self._journal.depth
+        if result.shed:
+            self.stats.shed += result.shed
+            log.warning("journal_info_shed", count=result.shed, total=self._journal.shed_total)
+        for item, events in zip(group, result.per_batch, strict=True):
+            if not item.future.done():
+                item.future.set_result(events)
+
+    def _fail_queued(self, exc: Exception) -> None:
+        while self._pending:
+            item = self._pending.popleft()
+            if not item.future.done():
+                item.future.set_exception(exc)
+        self._room.set()
+        if not self._committing:
+            self._idle.set()
+
+    async def _marker(self) -> None:
+        while True:
+            await asyncio.sleep(MARK_INTERVAL)
+            await self._flush_marks()
+
+    async def _flush_marks(self) -> None:
+        seqs, states = self.outbox.take_marks()
+        if not (seqs or states) or not self._opened or self._journal_closed():
+            return
+        try:
+            # Shielded: the marks are already taken from the outbox, so a cancel (the marker task at
+            # shutdown) must not cancel the queued write; close() runs after it on the same executor thread.
+            await asyncio.shield(self._write_marks(seqs, states))
+        except JournalError as exc:
+            self._write_failed = True
+            log.error("journal_mark_failed", error=str(exc))
+        self.stats.journal_depth = self._journal.depth
+
+    async def _write_marks(self, seqs: list[int], states: list[tuple[str, int]]) -> None:
+        """Both marks in one job on the journal's thread, so nothing queued after it can come between."""
+
+        def write(at: float) -> None:
+            self._journal.mark_delivered(seqs, at)
+            self._journal.mark_states_published(states)
+
+        await self._db(write, time.time())
+
+    def _journal_closed(self) -> bool:
+        try:
+            _ = self._journal.db
+        except JournalError:
+            return True
+        return False
+
+    async def _pruner(self) -> None:
+        while True:
+            try:
+                pruned = await self._db(self._journal.prune, time.time())
+            except JournalError as exc:
+                log.error("journal_prune_failed", error=str(exc))
+            else:
+                if pruned:
+                    log.info("journal_pruned", events=pruned)
+            await asyncio.sleep(PRUNE_INTERVAL)
+
+    # --- documents ---------------------------------------------------------------------------------------
+
+    def _online(self) -> StatusDoc:
+        return self._status("online", "connected", last_seq=self.stats.last_seq, at=datetime.now(UTC))
+
+    def _offline(self, reason: str) -> StatusDoc:
+        if reason == "shutdown":
+            return self._status("offline", "shutdown", last_seq=self.stats.last_seq, at=datetime.now(UTC))
+        return self._status("offline", "connection lost", last_seq=None, at=None)
+
+    def _status(self, status: Any, reason: Any, *, last_seq: int | None, at: datetime | None) -> StatusDoc:
+        return StatusDoc(
+            site=self.site.site.id,
+            status=status,
+            reason=reason,
+            version=self._version,
+            config_hash=self._config_hash,
+            started_at=self._started_at,
+            at=at,
+            last_seq=last_seq,
+        )
+
+    async def _heartbeat(self) -> HeartbeatDoc:
+        oldest = await self._db(self._journal.oldest_undelivered_at)
+        now = time.time()
+        online, total = self._devices()
+        self.stats.journal_depth = self._journal.depth
+        self.stats.oldest_undelivered_age = None if oldest is None else max(0.0, now - oldest)
+        return HeartbeatDoc(
+            site=self.site.site.id,
+            at=datetime.fromtimestamp(now, UTC),
+            interval=self.site.supervision.heartbeat_interval,
+            last_seq=self.stats.last_seq,
+            journal_depth=self._journal.depth,
+            oldest_undelivered_age=self.stats.oldest_undelivered_age,
+            devices_online=online,
+            devices_total=total,
+            info_shed=self._journal.shed_total,
+        )
+
+
+class _Stopped(Exception):
+    """Internal: the publisher returned after close(); ends run()'s task group."""

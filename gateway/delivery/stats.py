@@ -1,0 +1,38 @@
+"""Counters of the delivery path, kept as plain attributes so the metrics endpoint can export them."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from gateway.core.histogram import LATENCY_BUCKETS, Buckets
+
+
+@dataclass(slots=True)
+class DeliveryStats:
+    connected: bool = False  # MQTT session up (CONNACK received, not yet lost)
+    insecure: bool = False  # plain TCP without TLS (site.mqtt.insecure): should be 0 in production
+    protocol: str = ""  # "5" or "3.1.1" once negotiated
+    published: int = 0  # events acknowledged by the broker (PUBACK)
+    published_states: int = 0  # retained point states acknowledged
+    heartbeats: int = 0
+    publish_errors: int = 0  # publishes that failed or timed out (the session is then re-established)
+    connects: int = 0  # successful connections
+    reconnects: int = 0  # successful connections after the first
+    connect_errors: int = 0
+    last_error: str = ""
+    commits: int = 0  # journal transactions (each one fsync)
+    committed_batches: int = 0
+    journaled: int = 0  # events journaled (incl. shed announcements)
+    shed: int = 0  # info events shed because of the disk bound (this process)
+    journal_depth: int = 0  # events not yet acknowledged by the broker
+    oldest_undelivered_age: float | None = None  # seconds
+    last_seq: int = 0
+    # the event's detection (`detected_at`) -> PUBACK, in seconds: a bounded window of recent samples (for
+    # percentiles) and cumulative buckets of every sample since start (the Prometheus histogram)
+    latency: deque[float] = field(default_factory=lambda: deque(maxlen=10_000), repr=False)
+    latency_buckets: Buckets = field(default_factory=lambda: Buckets(LATENCY_BUCKETS), repr=False)
+
+    def observe_latency(self, seconds: float) -> None:
+        self.latency.append(seconds)
+        self.latency_buckets.observe(seconds)

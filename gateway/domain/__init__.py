@@ -1,0 +1,1 @@
+"""The vocabulary of the gateway: taxonomy, events, state rows, errors. No I/O."""

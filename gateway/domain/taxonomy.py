@@ -1,0 +1,103 @@
+"""The one table of event types: category, default priority and the Contact ID / SIA DC-03 codes.
+
+Everything that needs to know what a "door_forced" is (config validation, the normaliser, the event
+schema, the meldkamer contract) reads it from here, so the codes cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Category(StrEnum):
+    INTRUSION = "intrusion"
+    FIRE = "fire"
+    ACCESS = "access"
+    TAMPER = "tamper"
+    TECHNICAL = "technical"
+    SUPERVISION = "supervision"
+
+
+class EventState(StrEnum):
+    ALARM = "alarm"
+    RESTORE = "restore"
+    INFO = "info"
+
+
+class EventType(StrEnum):
+    BURGLARY = "burglary"
+    FIRE = "fire"
+    FIRE_TROUBLE = "fire_trouble"
+    DURESS = "duress"
+    HOLDUP = "holdup"
+    PANIC = "panic"
+    TAMPER = "tamper"
+    DOOR_FORCED = "door_forced"
+    DOOR_HELD_OPEN = "door_held_open"
+    ACCESS_DENIED = "access_denied"
+    ACCESS_GRANTED = "access_granted"
+    FAULT = "fault"
+    POWER_LOSS = "power_loss"
+    LOW_BATTERY = "low_battery"
+    COMM_LOSS = "comm_loss"
+    BYPASS = "bypass"
+    ARMED = "armed"
+    DISARMED = "disarmed"
+    PERIODIC_TEST = "periodic_test"
+    INFO_SHED = "info_shed"
+    COMMAND = "command"
+
+
+@dataclass(frozen=True, slots=True)
+class TypeInfo:
+    """Defaults and standard codes of one event type."""
+
+    category: Category
+    priority: int
+    contact_id: str
+    sia_alarm: str
+    sia_restore: str | None
+
+
+# Contact ID event codes and SIA DC-03 codes (the published code tables of both). Priority 1 = most urgent.
+TYPES: dict[EventType, TypeInfo] = {
+    EventType.BURGLARY: TypeInfo(Category.INTRUSION, 2, "130", "BA", "BH"),
+    EventType.FIRE: TypeInfo(Category.FIRE, 1, "110", "FA", "FH"),
+    EventType.FIRE_TROUBLE: TypeInfo(Category.FIRE, 3, "373", "FT", "FJ"),
+    EventType.DURESS: TypeInfo(Category.INTRUSION, 1, "121", "HA", "HH"),
+    EventType.HOLDUP: TypeInfo(Category.INTRUSION, 1, "122", "HA", "HH"),
+    EventType.PANIC: TypeInfo(Category.INTRUSION, 1, "120", "PA", "PH"),
+    EventType.TAMPER: TypeInfo(Category.TAMPER, 2, "137", "TA", "TR"),
+    EventType.DOOR_FORCED: TypeInfo(Category.ACCESS, 2, "423", "DF", "DR"),
+    EventType.DOOR_HELD_OPEN: TypeInfo(Category.ACCESS, 3, "426", "DN", "DR"),
+    EventType.ACCESS_DENIED: TypeInfo(Category.ACCESS, 4, "421", "DD", None),
+    EventType.ACCESS_GRANTED: TypeInfo(Category.ACCESS, 5, "422", "DG", None),
+    EventType.FAULT: TypeInfo(Category.TECHNICAL, 3, "300", "YP", "YQ"),
+    EventType.POWER_LOSS: TypeInfo(Category.TECHNICAL, 4, "301", "AT", "AR"),
+    EventType.LOW_BATTERY: TypeInfo(Category.TECHNICAL, 4, "302", "YT", "YR"),
+    EventType.COMM_LOSS: TypeInfo(Category.SUPERVISION, 2, "350", "YC", "YK"),
+    EventType.BYPASS: TypeInfo(Category.INTRUSION, 4, "570", "BB", "BU"),
+    EventType.ARMED: TypeInfo(Category.INTRUSION, 5, "401", "CL", None),
+    EventType.DISARMED: TypeInfo(Category.INTRUSION, 5, "401", "OP", None),
+    EventType.PERIODIC_TEST: TypeInfo(Category.SUPERVISION, 5, "602", "RP", None),
+    EventType.INFO_SHED: TypeInfo(Category.SUPERVISION, 3, "354", "YK", None),
+    EventType.COMMAND: TypeInfo(Category.SUPERVISION, 5, "000", "LX", None),
+}
+
+# Contact ID qualifiers: 1 = new event / opening, 3 = restore / closing, 6 = still present.
+QUALIFIER = {EventState.ALARM: "1", EventState.RESTORE: "3", EventState.INFO: "1"}
+
+
+def contact_id_qualifier(event_type: EventType, state: EventState) -> str:
+    """Arm/disarm is reported as open/close: Q3 armed (closing), Q1 disarmed (opening)."""
+    if event_type is EventType.ARMED:
+        return "3"
+    return QUALIFIER[state]
+
+
+def sia_code(event_type: EventType, state: EventState) -> str:
+    info = TYPES[event_type]
+    if state is EventState.RESTORE and info.sia_restore is not None:
+        return info.sia_restore
+    return info.sia_alarm

@@ -1,0 +1,1 @@
+"""MQTT plumbing shared by every component that speaks MQTT."""

@@ -1,0 +1,97 @@
+"""The operator endpoints on one port: /metrics (Prometheus text format), /healthz and /readyz.
+
+A minimal HTTP/1.1 responder on asyncio streams, so the server is one more task in the gateway's
+TaskGroup (no thread to leak or to outlive the loop). Only GET and HEAD; every response closes the
+connection; a request that is not understood gets 400 and a handler that raises gets 500 (logged), never
+an exception out of the server. Handlers are synchronous: they read plain attributes, so a scrape cannot
+interleave with the components it reports on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from gateway.core.lifecycle import TaskStatus
+
+log = structlog.get_logger(__name__)
+
+MAX_REQUEST_LINE = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+
+
+Handler = Callable[[], Response]
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+class OperatorServer:
+    def __init__(self, routes: dict[str, Handler], host: str, port: int) -> None:
+        self._routes = routes
+        self._host = host
+        self._port = port
+        self.port: int | None = None
+
+    async def serve(self, task_status: TaskStatus[int] | None = None) -> None:
+        """Serve until cancelled; reports the bound port through `task_status` (gateway.core.lifecycle)."""
+        server = await asyncio.start_server(self._handle, self._host, self._port)
+        self.port = int(server.sockets[0].getsockname()[1])
+        log.info("operator endpoints listening", url=f"http://{self._host}:{self.port}/metrics")
+        if task_status is not None:
+            task_status.started(self.port)
+        async with server:
+            await server.serve_forever()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(5):
+                response, head_only = await self._respond(reader)
+            status_line = f"HTTP/1.1 {response.status} {_REASONS.get(response.status, '')}\r\n"
+            headers = (
+                f"Content-Type: {response.content_type}\r\nContent-Length: {len(response.body)}\r\n"
+                "Connection: close\r\n\r\n"
+            )
+            writer.write((status_line + headers).encode("ascii") + (b"" if head_only else response.body))
+            await writer.drain()
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass  # a client that goes away or dawdles is its own problem
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _respond(self, reader: asyncio.StreamReader) -> tuple[Response, bool]:
+        line = await reader.readline()
+        while (header := await reader.readline()) not in (b"\r\n", b"\n", b""):
+            if len(header) > MAX_REQUEST_LINE:
+                return Response(400, b"header too long\n"), False
+        parts = line.decode("latin-1").split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return Response(400, b"bad request\n"), False
+        method, target = parts[0], parts[1].split("?", 1)[0]
+        if method not in ("GET", "HEAD"):
+            return Response(405, b"method not allowed\n"), False
+        handler = self._routes.get(target)
+        if handler is None:
+            return Response(404, b"not found\n"), method == "HEAD"
+        try:
+            return handler(), method == "HEAD"
+        except Exception:
+            log.exception("operator endpoint failed", path=target)
+            return Response(500, b"internal error\n"), method == "HEAD"

@@ -1,0 +1,250 @@
+"""Prometheus metrics of one gateway, computed at scrape time from the components' plain stats objects.
+
+Components keep counters as plain attributes (no prometheus_client in hot paths, nothing to keep in sync);
+`GatewayCollector.collect` reads them when /metrics is scraped and yields metric families on the gateway's
+own `CollectorRegistry` (never the global one, so several gateways can live in one test process). Labels
+are low-cardinality only: site, device, protocol, category, type, error class, component -- never event
+ids, point names, credentials or free text. Names follow Prometheus conventions: `gcmk_` prefix, `_total`
+for counters, base units (`_seconds`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+
+from gateway import __version__
+from gateway.commands.stats import CommandStats
+from gateway.config.models import SiteConfig
+from gateway.core.histogram import Buckets
+from gateway.core.normaliser import NormaliserStats
+from gateway.core.ports import DEVICE_COUNTERS, DEVICE_GAUGES, DeviceMetrics, DeviceSnapshot
+from gateway.delivery.stats import DeliveryStats
+
+
+@dataclass
+class Sources:
+    """Live references to everything the exporter reads; nothing here is copied at construction."""
+
+    site: SiteConfig
+    config_hash: str
+    normaliser: NormaliserStats
+    version: str = __version__
+    device_online: Callable[[str], bool | None] = lambda _device: None
+    accepted: Callable[[], int] = lambda: 0
+    restarts: Mapping[str, int] = field(default_factory=dict)
+    components: Sequence[str] = ()
+    adapters: Sequence[DeviceMetrics] = ()
+    delivery: DeliveryStats | None = None
+    commands: CommandStats | None = None
+    started_at: float = field(default_factory=time.time)
+
+
+def site_hash(site: SiteConfig) -> str:
+    """Stand-in for the config-file hash when none was given: a hash of the validated config."""
+    return hashlib.sha256(site.model_dump_json().encode()).hexdigest()[:16]
+
+
+class GatewayCollector:
+    """A prometheus_client collector; see the module docstring. Keeps only the approximate age of the
+    oldest undelivered event between heartbeats."""
+
+    def __init__(self, sources: Sources, clock: Callable[[], float] = time.time) -> None:
+        self.sources = sources
+        self._clock = clock
+        self._age_seen: tuple[float, float] | None = None  # (reported age, clock when first seen)
+
+    def collect(self) -> Iterator[Metric]:
+        src = self.sources
+        site = src.site.site.id
+        yield from self._info(site)
+        yield from self._events(site)
+        yield from self._devices(site)
+        if src.delivery is not None:
+            yield from self._delivery(site, src.delivery)
+        if src.commands is not None:
+            yield from _command_metrics(site, src.commands)
+        restarts = CounterMetricFamily(
+            "gcmk_component_restarts",
+            "Crashes of a supervised component that were restarted",
+            labels=["site", "component"],
+        )
+        for name in sorted({*src.components, *src.restarts}):
+            restarts.add_metric([site, name], src.restarts.get(name, 0))
+        yield restarts
+
+    # --- families ----------------------------------------------------------------------------------------
+
+    def _info(self, site: str) -> Iterator[Metric]:
+        src = self.sources
+        yield InfoMetricFamily(
+            "gcmk_build",
+            "Version of the gateway software",
+            {"version": src.version, "python": platform.python_version()},
+        )
+        yield InfoMetricFamily("gcmk_config", "Site config in force", {"site": site, "config_hash": src.config_hash})
+        yield _gauge("gcmk_start_time_seconds", "Unix time the gateway started", site, src.started_at)
+        tls_disabled = src.delivery.insecure if src.delivery is not None else not src.site.mqtt.uses_tls
+        yield _gauge(
+            "gcmk_mqtt_tls_disabled", "1 if the MQTT link runs without TLS (insecure: true)", site, float(tls_disabled)
+        )
+
+    def _events(self, site: str) -> Iterator[Metric]:
+        stats = self.sources.normaliser
+        received = CounterMetricFamily(
+            "gcmk_events_received",
+            "Events made by the normaliser, before the journal",
+            labels=["site", "device", "category", "type"],
+        )
+        for (device, category, type_), n in sorted(stats.events.items()):
+            received.add_metric([site, device, category, type_], n)
+        yield received
+        yield _counter("gcmk_events_accepted", "Events durably accepted by the sink", site, self.sources.accepted())
+        yield _counter("gcmk_readings", "Readings processed by the normaliser", site, stats.readings)
+        yield _counter(
+            "gcmk_readings_unknown_point", "Readings for points not in the config", site, stats.unknown_points
+        )
+        yield _counter(
+            "gcmk_readings_unmapped_value", "Readings whose raw value no condition maps", site, stats.unmapped_values
+        )
+        yield _counter(
+            "gcmk_flaps_suppressed", "Changes that reverted within their debounce time", site, stats.suppressed_flaps
+        )
+
+    def _devices(self, site: str) -> Iterator[Metric]:
+        src = self.sources
+        snapshots: dict[str, tuple[str, DeviceSnapshot]] = {}
+        for adapter in src.adapters:
+            for device_id, snapshot in adapter.device_metrics().items():
+                snapshots[device_id] = (adapter.protocol, snapshot)
+        labels = ["site", "device", "protocol"]
+        up = GaugeMetricFamily("gcmk_device_up", "1 if the device answers, else 0", labels=labels)
+        contact = GaugeMetricFamily(
+            "gcmk_device_last_contact_timestamp_seconds", "Unix time of the last successful exchange", labels=labels
+        )
+        errors = CounterMetricFamily("gcmk_device_errors", "Failed requests by error class", labels=[*labels, "error"])
+        durations = HistogramMetricFamily(
+            "gcmk_device_poll_duration_seconds", "Duration of one poll cycle", labels=labels
+        )
+        counters = {
+            name: CounterMetricFamily(f"gcmk_device_{name}", doc, labels=labels)
+            for name, doc in DEVICE_COUNTERS.items()
+        }
+        gauges = {
+            name: GaugeMetricFamily(f"gcmk_device_{name}", doc, labels=labels) for name, doc in DEVICE_GAUGES.items()
+        }
+        for device in src.site.devices:
+            protocol, snapshot = snapshots.get(device.id, (device.protocol, DeviceSnapshot(online=None)))
+            key = [site, device.id, protocol]
+            online = src.device_online(device.id)
+            online = snapshot.online if snapshot.online is not None else online
+            if snapshot.last_contact is not None:
+                contact.add_metric(key, snapshot.last_contact)
+            if snapshot.poll_durations is not None:
+                _add_histogram(durations, key, snapshot.poll_durations)
+            for error, n in sorted(snapshot.errors.items()):
+                errors.add_metric([*key, error], n)
+            for name, value in snapshot.counters.items():
+                counters[name].add_metric(key, value)
+            for name, value in snapshot.gauges.items():
+                gauges[name].add_metric(key, value)
+            up.add_metric(key, 1.0 if online else 0.0)
+        yield from (up, contact, errors, durations)
+        yield from counters.values()
+        yield from gauges.values()
+
+    def _oldest_age(self, stats: DeliveryStats) -> float:
+        """The sink refreshes `oldest_undelivered_age` only when it builds a heartbeat, i.e. while MQTT is
+        connected. While the value stands still and events wait, the oldest one ages in real time (nothing
+        is delivered then), so extrapolate from when this value was first seen."""
+        if stats.journal_depth <= 0:
+            self._age_seen = None
+            return 0.0
+        reported = stats.oldest_undelivered_age or 0.0
+        now = self._clock()
+        if self._age_seen is None or self._age_seen[0] != reported:
+            self._age_seen = (reported, now)
+        return reported + (now - self._age_seen[1])
+
+    def _delivery(self, site: str, stats: DeliveryStats) -> Iterator[Metric]:
+        yield _counter("gcmk_events_journaled", "Events committed to the journal (fsync'd)", site, stats.journaled)
+        yield _counter("gcmk_events_published", "Events acknowledged by the broker (PUBACK)", site, stats.published)
+        yield _counter("gcmk_events_shed", "Info events shed at the journal's disk bound", site, stats.shed)
+        yield _gauge(
+            "gcmk_journal_depth", "Journaled events not yet acknowledged by the broker", site, stats.journal_depth
+        )
+        yield _gauge(
+            "gcmk_journal_oldest_undelivered_age_seconds",
+            "Age of the oldest event not yet acknowledged (0 when none)",
+            site,
+            self._oldest_age(stats),
+        )
+        yield _counter("gcmk_journal_commits", "Journal transactions", site, stats.commits)
+        yield _gauge("gcmk_journal_last_seq", "Highest seq assigned", site, stats.last_seq)
+        yield _gauge("gcmk_mqtt_connected", "1 while the MQTT session is up", site, float(stats.connected))
+        yield _counter("gcmk_mqtt_connects", "Successful MQTT connections", site, stats.connects)
+        yield _counter("gcmk_mqtt_reconnects", "Successful MQTT connections after the first", site, stats.reconnects)
+        yield _counter("gcmk_mqtt_connect_errors", "Failed MQTT connection attempts", site, stats.connect_errors)
+        yield _counter("gcmk_mqtt_publish_errors", "Publishes that failed or timed out", site, stats.publish_errors)
+        yield _counter("gcmk_mqtt_heartbeats", "Heartbeats published", site, stats.heartbeats)
+        yield _counter("gcmk_mqtt_states_published", "Retained point states acknowledged", site, stats.published_states)
+        latency = HistogramMetricFamily(
+            "gcmk_event_delivery_latency_seconds", "Event detection (detected_at) until PUBACK", labels=["site"]
+        )
+        _add_histogram(latency, [site], stats.latency_buckets)
+        yield latency
+
+
+def _counter(name: str, doc: str, site: str, value: float) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=["site"])
+    family.add_metric([site], value)
+    return family
+
+
+def _gauge(name: str, doc: str, site: str, value: float) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=["site"])
+    family.add_metric([site], value)
+    return family
+
+
+def _command_metrics(site: str, stats: CommandStats) -> Iterator[Metric]:
+    total = CounterMetricFamily(
+        "gcmk_commands", "Commands answered, by action and final status", labels=["site", "action", "status"]
+    )
+    for (action, status), n in sorted(stats.results.items()):
+        total.add_metric([site, action, status], n)
+    refusals = CounterMetricFamily("gcmk_command_refusals", "Commands refused, by reason", labels=["site", "reason"])
+    for reason, n in sorted(stats.refusals.items()):
+        refusals.add_metric([site, reason], n)
+    failures = CounterMetricFamily(
+        "gcmk_command_failures", "Commands that failed, by reason", labels=["site", "reason"]
+    )
+    for reason, n in sorted(stats.failures.items()):
+        failures.add_metric([site, reason], n)
+    latency = HistogramMetricFamily(
+        "gcmk_command_latency_seconds", "Command receipt until its final result", labels=["site"]
+    )
+    _add_histogram(latency, [site], stats.latency_buckets)
+    yield from (total, refusals, failures, latency)
+    yield _gauge("gcmk_commands_connected", "1 while the command subscription is up", site, float(stats.connected))
+    yield _counter(
+        "gcmk_command_retained_ignored",
+        "Retained messages on the command topic, ignored (commands are never retained)",
+        site,
+        stats.retained_ignored,
+    )
+
+
+def _add_histogram(family: HistogramMetricFamily, labels: list[str], buckets: Buckets) -> None:
+    family.add_metric(labels, buckets.cumulative(), buckets.sum)
