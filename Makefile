@@ -26,8 +26,12 @@ typecheck: $(BIN)/.installed
 imports: $(BIN)/.installed
 	$(BIN)/lint-imports
 
+# pytest's run ends by counting the skipped tests by reason (tests/conftest.py).
+# Its exit code goes on as it is; 5 (no test collected) fails `make test` like any other.
 unit: $(BIN)/.installed
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	@rc=0; $(BIN)/python -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make unit: pytest collected no tests: that is a failure" >&2; fi; \
+	exit $$rc
 
 bench: $(BIN)/.installed
 	for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

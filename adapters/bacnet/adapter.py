@@ -9,11 +9,12 @@ from typing import Any
 import structlog
 
 from adapters.bacnet.app import GatewayApplication, start_application
-from adapters.bacnet.plan import DeviceCounters, ObjectPlan
+from adapters.bacnet.client import object_key
+from adapters.bacnet.plan import DeviceCounters, ObjectPlan, StaleSubscription
 from adapters.bacnet.session import DeviceSession
 from gateway.config.models import BacnetDevice, BacnetLocal, SiteConfig
 from gateway.core.ports import DeviceSnapshot, ReadingSink
-from gateway.domain.errors import ConfigurationFault, DeviceUnreachable, GatewayError
+from gateway.domain.errors import ConfigurationFault, DeviceUnreachable, SiteConfigFault
 
 
 class _NotReady(Exception):
@@ -40,6 +41,9 @@ class BacnetAdapter:
         self._by_process: dict[int, tuple[DeviceSession, ObjectPlan]] = {}
         self._by_address: dict[tuple[str, int], DeviceSession] = {}
         self._by_instance: dict[int, DeviceSession] = {}
+        # per device: COV subscriptions the last run may have left on it, for the next run to cancel
+        self._stale: dict[str, list[StaleSubscription]] = {}
+        self.unknown_cov_notifications = 0  # for no subscription of the running adapter (all devices)
         self._ready = asyncio.Event()
         self.log = structlog.get_logger(__name__).bind(site=site.site.id)
 
@@ -67,17 +71,26 @@ class BacnetAdapter:
         try:
             app, self.port = await start_application(self.local, self, apdu_timeout=timeout)
         except TimeoutError:
-            raise GatewayError(f"cannot bind BACnet/IP on {self.local.address}:{self.local.port}") from None
+            raise SiteConfigFault(
+                "bacnet.address",
+                f"cannot bind BACnet/IP on {self.local.address}:{self.local.port} (address not on this host,"
+                " or the port is taken)",
+            ) from None
         self._app = app
         self.log.info("bacnet.started", address=self.local.address, port=self.port, devices=len(self.devices))
         try:
-            for device in self.devices:
-                session = DeviceSession(app, self.site, device, sink)
-                self.sessions[device.id] = session
-                self._by_address[(device.address, device.port)] = session
-                self._by_instance[device.device_instance] = session
-                for plan in session.plans.values():
-                    self._by_process[plan.process_id] = (session, plan)
+            # A run after a crash or cancellation (the Supervisor calls run() again on this object) starts from
+            # fresh sessions and routing maps: nothing may reach the previous run's sessions, whose sink is the
+            # previous one. Fresh plans bring new subscriber process ids, so the previous run's subscriptions,
+            # alive on the devices until they lapse, are unknown here (answered unknown-subscription, counted);
+            # each session cancels them once its device answers.
+            stale, self._stale = self._stale, {}
+            self._route(
+                {
+                    device.id: DeviceSession(app, self.site, device, sink, stale.get(device.id))
+                    for device in self.devices
+                }
+            )
             self._ready.set()
             async with asyncio.TaskGroup() as tg:
                 for session in self.sessions.values():
@@ -85,8 +98,18 @@ class BacnetAdapter:
         finally:
             self._ready.clear()
             self._app = None
+            self._stale = {device_id: s.subscriptions_left() for device_id, s in self.sessions.items()}
             app.close_quietly()
             await app.stop_handlers()
+
+    def _route(self, sessions: dict[str, DeviceSession]) -> None:
+        """Replace (never merge into) the sessions and the maps notifications are routed by."""
+        self.sessions = sessions
+        self._by_process = {
+            plan.process_id: (session, plan) for session in sessions.values() for plan in session.plans.values()
+        }
+        self._by_address = {(s.device.address, s.device.port): s for s in sessions.values()}
+        self._by_instance = {s.device.device_instance: s for s in sessions.values()}
 
     async def wait_ready(self) -> int:
         """Wait until the local application is bound; returns its UDP port."""
@@ -100,13 +123,31 @@ class BacnetAdapter:
         if not self._ready.is_set():
             raise _NotReady()  # left unanswered: the device retries once the sessions exist
         entry = self._by_process.get(int(request.subscriberProcessIdentifier))
-        if entry is None:
+        if (
+            entry is None
+            or entry[0].device.device_instance != int(request.initiatingDeviceIdentifier[1])
+            # a process id of ours for another object: a subscription of an earlier gateway process, whose
+            # ids started at 1 too (a notification for object A must never become a reading of object B)
+            or object_key(request.monitoredObjectIdentifier) != entry[1].object_id
+        ):
+            self._unknown_subscription(request)
             return False
         session, plan = entry
-        if session.device.device_instance != int(request.initiatingDeviceIdentifier[1]):
-            return False
         await session.on_cov(plan, request)
         return True
+
+    def _unknown_subscription(self, request: Any) -> None:
+        """A COV notification for no subscription of this run: counted, answered unknown-subscription."""
+        self.unknown_cov_notifications += 1
+        session = self._by_instance.get(int(request.initiatingDeviceIdentifier[1]))
+        if session is not None:
+            session.counters.unknown_subscription_notifications += 1
+        self.log.debug(
+            "bacnet.cov_for_unknown_subscription",
+            device=str(request.initiatingDeviceIdentifier),
+            process_id=int(request.subscriberProcessIdentifier),
+            object=str(request.monitoredObjectIdentifier),
+        )
 
     async def event_notification(self, request: Any) -> None:
         if not self._ready.is_set():

@@ -155,7 +155,11 @@ async def start_application(
     server = next(iter(app.link_layers.values())).server
     try:
         async with asyncio.timeout(10.0):
-            await asyncio.gather(*server._transport_tasks)  # bacpypes3 retries a failing bind forever
+            # bacpypes3 retries a failing bind forever. Private, and no public replacement in 0.0.110: the
+            # endpoint task is the only handle that both says "bound" and can be cancelled (close() does not
+            # stop the retrying task); public `local_transport` is set by that task's callback, so polling it
+            # would still leave the retry loop running after a failed start.
+            await asyncio.gather(*server._transport_tasks)
     except BaseException:
         app.close()
         raise

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 from bacpypes3.apdu import (
@@ -27,7 +27,7 @@ from adapters.bacnet.app import GatewayApplication
 from adapters.bacnet.errors import guarded
 from adapters.bacnet.values import property_name, property_type
 from gateway.config.models import BacnetDevice
-from gateway.domain.errors import ConfigurationFault, DeviceError, DeviceRejected, MalformedReply
+from gateway.domain.errors import ConfigurationFault, DeviceError, DeviceRejected, MalformedReply, SiteConfigFault
 
 T = TypeVar("T")
 MAX_EVENT_PAGES = 1000  # GetEventInformation paging guard against a device that always says "more"
@@ -43,7 +43,14 @@ class DeviceClient:
     def __init__(self, app: GatewayApplication, device: BacnetDevice, on_contact: Callable[[], None]) -> None:
         self.app = app
         self.device = device
-        self.address = Address(f"{device.address}:{device.port}")
+        try:
+            self.address = Address(f"{device.address}:{device.port}")
+        except ValueError:  # bacpypes3's answer to an address it cannot parse: a config value, not a crash
+            raise SiteConfigFault(
+                f"devices[{device.id}].address",
+                f"{device.address!r} is not an IP address the BACnet stack accepts"
+                + (" (write the port under port:, not after a colon)" if ":" in device.address else ""),
+            ) from None
         self._on_contact = on_contact
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
 
@@ -92,6 +99,16 @@ class DeviceClient:
         )
         await self._call(lambda: self.app.request(request))
 
+    async def cancel_cov(self, object_id: str, process_id: int) -> None:
+        """Cancel a COV subscription: a SubscribeCOV WITHOUT Issue Confirmed Notifications and Lifetime
+        (clause 13.14.1). Not lifetime 0: that asks for a subscription that never lapses."""
+        request = SubscribeCOVRequest(
+            subscriberProcessIdentifier=process_id,
+            monitoredObjectIdentifier=ObjectIdentifier(object_id),
+            destination=self.address,
+        )
+        await self._call(lambda: self.app.request(request))
+
     async def event_information(self) -> list[Any]:
         """Every event summary the device reports, following GetEventInformation's paging."""
         summaries: list[Any] = []
@@ -108,8 +125,8 @@ class DeviceClient:
             last = page[-1].objectIdentifier
         raise MalformedReply(self.device.id, "GetEventInformation keeps saying there are more events")
 
-    async def acknowledge(self, object_id: str, state: Any, stamp: Any, source: str) -> None:
-        now = datetime.now(UTC).replace(tzinfo=None)
+    async def acknowledge(self, object_id: str, state: Any, stamp: Any, source: str, now: datetime) -> None:
+        """`now`: the time of acknowledgment as the device's naive local time (its clock has no zone)."""
         request = AcknowledgeAlarmRequest(
             acknowledgingProcessIdentifier=1,
             eventObjectIdentifier=ObjectIdentifier(object_id),

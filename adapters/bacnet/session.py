@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import structlog
 
@@ -20,6 +21,7 @@ from adapters.bacnet.client import DeviceClient, object_key
 from adapters.bacnet.plan import (
     DeviceCounters,
     ObjectPlan,
+    StaleSubscription,
     Watch,
     next_process_id,
     read_batches,
@@ -28,6 +30,7 @@ from adapters.bacnet.plan import (
 )
 from adapters.bacnet.values import (
     ACCESS_POINT_EXTRAS,
+    DeviceClock,
     credential_of,
     event_new_value,
     event_property,
@@ -49,12 +52,24 @@ class _DeviceLost(Exception):
 
 
 class DeviceSession:
-    def __init__(self, app: GatewayApplication, site: SiteConfig, device: BacnetDevice, sink: ReadingSink) -> None:
+    def __init__(
+        self,
+        app: GatewayApplication,
+        site: SiteConfig,
+        device: BacnetDevice,
+        sink: ReadingSink,
+        stale: list[StaleSubscription] | None = None,
+    ) -> None:
+        """`stale`: COV subscriptions an earlier run of the adapter left on the device, cancelled once it answers."""
         self.site = site
         self.device = device
         self.counters = DeviceCounters()
         self.log = structlog.get_logger(__name__).bind(site=site.site.id, device=device.id)
         self.client = DeviceClient(app, device, self._contacted)
+        # The zone of the device's clock: its own timezone: setting, else the site's, else (at every resync)
+        # what its UTC_Offset / Daylight_Savings_Status say when they disagree with the site's zone.
+        configured = ZoneInfo(device.timezone or site.site.timezone)
+        self.clock = DeviceClock(configured, "device-config" if device.timezone else "site")
         self.plans: dict[str, ObjectPlan] = {}
         self.watches: dict[str, Watch] = {}
         for point in site.points_of(device.id):
@@ -68,6 +83,7 @@ class DeviceSession:
             plan.watches.append(watch)
             self.watches[point.id] = watch
         self._sink = sink
+        self._stale = list(stale or [])
         self._submit_lock = asyncio.Lock()
         self._lost = asyncio.Event()
         self._contact = asyncio.Event()
@@ -115,6 +131,7 @@ class DeviceSession:
     async def _connection(self, sink: ReadingSink) -> None:
         while True:
             await self._reach()
+            await self._cancel_stale()
             self._lost.clear()
             if self.counters.online is not True:
                 self.counters.online = True
@@ -156,6 +173,40 @@ class DeviceSession:
                     return  # it answered: reachable, whatever it thinks of the request
             await asyncio.sleep(self.device.poll_interval)
 
+    def subscriptions_left(self) -> list[StaleSubscription]:
+        """What this session may leave on the device when it ends: its subscriptions, unless lapsed, and the
+        earlier run's it has not cancelled yet (for the next run of the adapter to cancel)."""
+        now = asyncio.get_running_loop().time()
+        mine = [
+            StaleSubscription(plan.object_id, plan.process_id, plan.subscribed_until)
+            for plan in self.plans.values()
+            if plan.subscribed_until is not None
+        ]
+        return [s for s in [*self._stale, *mine] if s.until > now]
+
+    async def _cancel_stale(self) -> None:
+        """Cancel the COV subscriptions an earlier run of the adapter left (crashed or cancelled, they live on
+        until their lifetime ends): each holds one of the device's limited subscription slots and doubles its
+        notifications, which arrive here under a process id no plan has (answered unknown-subscription).
+        Best effort, once: a failure is counted and the subscription left to lapse."""
+        now = asyncio.get_running_loop().time()
+        stale = [s for s in self._stale if s.until > now]
+        if not stale:
+            self._stale = []
+            return
+
+        async def cancel(subscription: StaleSubscription) -> None:
+            try:
+                await self.client.cancel_cov(subscription.object_id, subscription.process_id)
+            except DeviceError as exc:
+                self._error(exc, "cancel-cov")
+
+        async with asyncio.TaskGroup() as tg:
+            for subscription in stale:
+                tg.create_task(cancel(subscription))
+        self._stale = []
+        self.log.info("bacnet.stale_subscriptions_cancelled", count=len(stale))
+
     async def _keepalive(self) -> None:
         """Keep contact fresh while nothing else is heard (quiet COV objects), so silence means offline."""
         loop = asyncio.get_running_loop()
@@ -176,7 +227,10 @@ class DeviceSession:
     async def _cov(self, plan: ObjectPlan) -> None:
         lifetime = max(1, round(self.device.cov_lifetime))
         renew = max(0.5, lifetime / 2)
+        loop = asyncio.get_running_loop()
         while True:
+            # from sending on, the device may hold the subscription (until its lifetime ends)
+            plan.subscribed_until = loop.time() + lifetime
             try:
                 await self.client.subscribe_cov(plan.object_id, plan.process_id, lifetime)
             except DeviceBusy as exc:  # busy for now: poll meanwhile, try COV again later
@@ -230,7 +284,10 @@ class DeviceSession:
                 pass
 
     async def _read_values(self, watches: list[Watch]) -> dict[tuple[str, str], Any]:
-        refs = list(dict.fromkeys(ref for watch in watches for ref in watch.refs()))
+        return await self._read_refs(list(dict.fromkeys(ref for watch in watches for ref in watch.refs())))
+
+    async def _read_refs(self, refs: list[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+        """Values by (object, property); a property the device cannot give comes back as its DeviceError."""
         if self._rpm:
             try:
                 return await self.client.read_multiple(refs)
@@ -327,9 +384,43 @@ class DeviceSession:
             watch.reported = key
             self.counters.readings += 1
 
+    async def _read_clock(self) -> None:
+        """UTC_Offset and Daylight_Savings_Status of the device object, read at every (re)connect: they decide
+        the clock its time stamps are converted with (DeviceClock.of_device), unless the device's own
+        timezone: setting says otherwise. Either property may be missing (both are optional)."""
+        if self.device.timezone is not None:
+            return
+        device_object = f"device,{self.device.device_instance}"
+        try:
+            values = await self._read_refs([(device_object, "utc-offset"), (device_object, "daylight-savings-status")])
+        except DeviceRejected as exc:  # a device that refuses the whole request: keep the configured zone
+            self._error(exc, "read utc-offset")
+            values = {}
+        offset = values.get((device_object, "utc-offset"))
+        dst = values.get((device_object, "daylight-savings-status"))
+        configured = ZoneInfo(self.site.site.timezone)
+        clock = DeviceClock.of_device(
+            configured,
+            int(offset) if isinstance(offset, int) else None,
+            bool(dst) if isinstance(dst, int) else None,
+            utcnow(),
+        )
+        if clock != self.clock:
+            log = self.log.warning if clock.source == "device" else self.log.info
+            log(
+                "bacnet.device_clock",
+                zone=str(clock.zone),
+                source=clock.source,
+                site_timezone=self.site.site.timezone,
+                utc_offset=offset if isinstance(offset, int) else None,
+                daylight_savings_status=dst if isinstance(dst, int) else None,
+            )
+        self.clock = clock
+
     async def _resync(self) -> None:
         """GetEventInformation plus a read of every configured object; the normaliser sorts out what is new."""
         self.counters.resyncs += 1
+        await self._read_clock()
         extra: dict[str, tuple[Notification, datetime | None]] = {}
         try:
             summaries = await self.client.event_information()
@@ -337,6 +428,7 @@ class DeviceSession:
             self._error(exc, "get-event-information")
             self.log.info("bacnet.no_get_event_information", reason=str(exc))
             summaries = []
+        received = utcnow()
         for summary in summaries:
             plan = self.plans.get(object_key(summary.objectIdentifier))
             if plan is None:
@@ -358,7 +450,7 @@ class DeviceSession:
                         to_state=state,
                         time_stamp=time_stamp_text(stamp),
                     )
-                    extra[watch.point.id] = (notification, time_stamp_datetime(stamp))
+                    extra[watch.point.id] = (notification, time_stamp_datetime(stamp, self.clock, received))
         await self._read_and_report(list(self.watches.values()), extra)
 
     # --- notifications --------------------------------------------------------------------------------
@@ -384,6 +476,7 @@ class DeviceSession:
             await self._observe(watch, values[watch.prop], values)
 
     async def on_event(self, request: Any) -> None:
+        received = utcnow()
         self._contacted()
         self.counters.event_notifications += 1
         object_id = object_key(request.eventObjectIdentifier)
@@ -395,7 +488,7 @@ class DeviceSession:
         for watch in watches:  # before the first await: a read answer in flight must see it
             watch.notified += 1
         notification = notification_of(request)
-        occurred_at = time_stamp_datetime(request.timeStamp)
+        occurred_at = time_stamp_datetime(request.timeStamp, self.clock, received)
         new_value = event_new_value(getattr(request, "eventValues", None))
         self.log.info(
             "bacnet.event_notification",
@@ -425,7 +518,7 @@ class DeviceSession:
         if watch.last_event is None:
             raise ConfigurationFault(self.device.id, f"point {point_id}: no event transition to acknowledge")
         state, stamp = watch.last_event
-        await self.client.acknowledge(watch.object_id, state, stamp, source)
+        await self.client.acknowledge(watch.object_id, state, stamp, source, self.clock.local_now(utcnow()))
         watch.last_event = None
         self.log.info("bacnet.acknowledged", point=point_id, state=str(state), source=source)
 

@@ -1,7 +1,9 @@
 """The gateway process: one TaskGroup owns the adapters, the debounce timer and the sink.
 
-Shutdown order on SIGTERM/SIGINT: adapters stop first (nothing new comes in), then the sink finishes its
-in-flight work (`close`: flush the journal, publish `offline`), then everything is cancelled; exit 0.
+Shutdown order on SIGTERM/SIGINT: the command processor takes no more commands and lets each running one
+finish or restore (a pulse relocks, its result journaled and published); then the adapters stop (nothing new
+comes in); then the sink finishes its in-flight work (`close`: flush the journal, publish `offline`); then
+everything is cancelled; exit 0.
 A component that crashes is restarted with backoff; one that keeps crashing, or the sink, takes the
 service down loudly (non-zero exit, so systemd restarts it) -- never a silently dead task.
 """
@@ -26,6 +28,7 @@ from gateway.core.normaliser import Normaliser
 from gateway.core.pipeline import Pipeline
 from gateway.core.ports import Adapter, DeviceMetrics, EventSink, Health, HealthReport
 from gateway.delivery.stats import DeliveryStats
+from gateway.domain.errors import SiteConfigFault
 from gateway.domain.event import utcnow
 from gateway.ops.health import OperatorEndpoints
 from gateway.ops.http import OperatorServer
@@ -53,6 +56,8 @@ class Supervisor:
 
     policy: RestartPolicy = field(default_factory=RestartPolicy)
     restarts: dict[str, int] = field(default_factory=dict)
+    # True while a component runs; False while it is down (crashed, waiting to be restarted, or ended).
+    up: dict[str, bool] = field(default_factory=dict)
 
     async def run(
         self,
@@ -67,13 +72,19 @@ class Supervisor:
         backoff = self.policy.backoff_initial
         while True:
             try:
+                self.up[name] = True
                 await component()
                 if stopping is not None and stopping.is_set():
                     return
                 raise RuntimeError(f"{name} returned unexpectedly")
             except asyncio.CancelledError:
                 raise
+            except SiteConfigFault as fault:  # restarting cannot help: stop now, in one line
+                self.up[name] = False
+                log.error("site config cannot work; stopping the gateway", component=name, problem=str(fault))
+                raise
             except Exception as exc:
+                self.up[name] = False
                 now = time.monotonic()
                 crashes = [t for t in crashes if now - t < self.policy.window] + [now]
                 if not restart or len(crashes) > self.policy.max_restarts:
@@ -83,6 +94,32 @@ class Supervisor:
                 log.error("component crashed; restarting", component=name, in_s=round(backoff, 2), exc_info=exc)
                 await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
                 backoff = min(backoff * 2, self.policy.backoff_max)
+
+
+@dataclass
+class Inputs:
+    """What the heartbeat says about the gateway's inputs: a device counts as online only while the adapter
+    that reads it runs. During an adapter's restart loop its devices are unknown, not "still online", and
+    `ok` is false, so a heartbeat never says all is well while an input is down."""
+
+    normaliser: Normaliser
+    supervisor: Supervisor
+    adapters: Sequence[Adapter]
+
+    def _running(self, adapter: Adapter) -> bool:
+        return self.supervisor.up.get(adapter.name, False)
+
+    def ok(self) -> bool:
+        return all(self._running(a) for a in self.adapters)
+
+    def devices_online(self) -> tuple[int, int]:
+        """(online, total) over the configured devices, counting only those of running adapters."""
+        down = {a.protocol for a in self.adapters if isinstance(a, DeviceMetrics) and not self._running(a)}
+        online = 0
+        for device_id, protocol in self.normaliser.device_protocols().items():
+            if protocol not in down and self.normaliser.device_online(device_id):
+                online += 1
+        return online, len(self.normaliser.device_protocols())
 
 
 class Gateway:
@@ -140,6 +177,7 @@ class Gateway:
             device_online=self.normaliser.device_online,
             accepted=lambda: self.pipeline.accepted,
             restarts=self.supervisor.restarts,
+            up=self.supervisor.up,
             components=components,
             adapters=[a for a in self.adapters if isinstance(a, DeviceMetrics)],
             delivery=self.delivery,
@@ -181,7 +219,9 @@ class Gateway:
                 inputs.append(tg.create_task(self.supervisor.run(self.commands.name, self.commands.run)))
             self.started.set()
             await self.stopping.wait()
-            log.info("gateway stopping: adapters first, then the sink")
+            log.info("gateway stopping: commands first, then the adapters, then the sink")
+            if self.commands is not None:  # a pulsed door relocks while its adapter is still running
+                await self.commands.drain()
             await _cancel_and_wait(inputs)
             await self.sink.close()
             sink_task.cancel()

@@ -10,12 +10,12 @@ from collections.abc import Sequence
 from typing import Literal
 
 from gateway import __version__
-from gateway.app.service import Gateway, Supervisor
+from gateway.app.service import Gateway, Inputs, Supervisor
 from gateway.commands.processor import CommandProcessor
 from gateway.commands.store import CommandStore, store_path
 from gateway.config.models import BacnetDevice, ModbusDevice, SiteConfig
 from gateway.core.normaliser import Normaliser
-from gateway.core.ports import Adapter, EventSink
+from gateway.core.ports import Adapter, EventSink, Replayer
 from gateway.core.stdout_sink import StdoutSink
 from gateway.delivery.publisher import Publisher
 from gateway.delivery.sink import DeliverySink, open_journal
@@ -40,12 +40,15 @@ def build_adapters(site: SiteConfig) -> list[Adapter]:
 
 
 def build_commands(site: SiteConfig, adapters: Sequence[Adapter], sink: EventSink) -> CommandProcessor | None:
-    """Commands from the meldkamer, only when the site config enables them. A commissioning run (stdout
-    sink) has no meldkamer link, so it takes no commands either."""
-    if not site.commands.enabled or isinstance(sink, StdoutSink):
+    """Commands from the meldkamer when the site config enables them; and, with meldkamer confirmation, the
+    receivers' replay requests (a read-only gateway serves those too: they touch no device). A commissioning
+    run (stdout sink) has no meldkamer link, so it takes neither."""
+    replays = site.delivery.confirm == "meldkamer" and isinstance(sink, Replayer)
+    if (not site.commands.enabled and not replays) or isinstance(sink, StdoutSink):
         return None
     store = CommandStore(store_path(site), retention=site.journal.retention)
-    return CommandProcessor(site, adapters, sink, store=store)
+    replayer = sink if isinstance(sink, Replayer) else None
+    return CommandProcessor(site, adapters, sink, store=store, replayer=replayer)
 
 
 def build_gateway(site: SiteConfig, *, sink: SinkKind | EventSink = "mqtt", config_hash: str = "") -> Gateway:
@@ -53,6 +56,8 @@ def build_gateway(site: SiteConfig, *, sink: SinkKind | EventSink = "mqtt", conf
     EventSink of the caller's (tests)."""
     normaliser = Normaliser(site, epoch=utcnow())
     adapters = build_adapters(site)
+    supervisor = Supervisor()
+    inputs = Inputs(normaliser, supervisor, adapters)
     event_sink: EventSink
     delivery: DeliveryStats | None = None
     if sink == "stdout":
@@ -66,7 +71,8 @@ def build_gateway(site: SiteConfig, *, sink: SinkKind | EventSink = "mqtt", conf
             journal=open_journal(site),
             publisher=Publisher,
             stats=delivery,
-            devices=normaliser.devices_online,
+            devices=inputs.devices_online,
+            inputs_ok=inputs.ok,
         )
     else:
         event_sink = sink
@@ -76,7 +82,7 @@ def build_gateway(site: SiteConfig, *, sink: SinkKind | EventSink = "mqtt", conf
         adapters,
         normaliser=normaliser,
         commands=build_commands(site, adapters, event_sink),
-        supervisor=Supervisor(),
+        supervisor=supervisor,
         delivery=delivery,
         config_hash=config_hash,
     )

@@ -8,18 +8,19 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway import __version__
 from gateway.config.loader import Overlay, config_hash, load_overlay, load_site
 from gateway.config.models import SiteConfig
 from gateway.config.types import parse_duration
-from gateway.domain.errors import ConfigError
+from gateway.delivery.journal import JournalError
+from gateway.domain.errors import ConfigError, SiteConfigFault
 from gateway.ops.logs import configure_logging
 
 EXIT_OK = 0
 EXIT_INVALID = 1
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # also: the site config validated but cannot work at run time (SiteConfigFault)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -112,6 +113,23 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="declare a site lost after this long without a heartbeat (default 15s)",
     )
+    receive.add_argument(
+        "--id", default="meldkamer", metavar="ID", help="receiver id: MQTT client id and the id it confirms as"
+    )
+    receive.add_argument(
+        "--state-dir",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="where the receiver stores events and its position (SQLite); it resumes from there",
+    )
+    receive.add_argument(
+        "--reorder-timeout",
+        type=parse_duration,
+        default=2.0,
+        metavar="DURATION",
+        help="a gap older than this is asked for again with a replay request (default 2s)",
+    )
     receive.add_argument("--json", action="store_true", help="JSON lines, and a JSON summary at the end")
     receive.set_defaults(handler=_receive)
     return parser
@@ -149,17 +167,43 @@ def _schema(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     overlays: list[Overlay] = [load_overlay(p) for p in args.overlay]
     site = load_site(args.site, overlays)
-    return asyncio.run(_run_gateway(site, args.sink, config_hash(args.site)))
+    faults: list[SiteConfigFault] = []
+    journal: list[JournalError] = []
+    try:
+        return asyncio.run(_run_gateway(site, args.sink, config_hash(args.site)))
+    except* SiteConfigFault as group:
+        faults = _leaves(group)
+    except* JournalError as group:
+        journal = _leaves(group)
+    for fault in faults:
+        print(f"{args.site}: {fault}", file=sys.stderr)
+    for error in journal:  # e.g. a journal written by a newer release: one line, no traceback
+        print(f"{args.site}: journal: {error}", file=sys.stderr)
+    return EXIT_USAGE if faults else EXIT_INVALID
 
 
 async def _run_gateway(site: SiteConfig, sink_name: str, cfg_hash: str) -> int:
+    import structlog
+
     from gateway.app.service import run_until_signalled
     from gateway.app.wiring import build_gateway
+
+    structlog.contextvars.bind_contextvars(site=site.site.id)  # on every log line of this process
 
     await run_until_signalled(
         build_gateway(site, sink="stdout" if sink_name == "stdout" else "mqtt", config_hash=cfg_hash)
     )
     return EXIT_OK
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def _leaves(group: BaseExceptionGroup[E]) -> list[E]:
+    leaves: list[E] = []
+    for exc in group.exceptions:
+        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return leaves
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -189,7 +233,8 @@ def _receive(args: argparse.Namespace) -> int:
 async def _receive_until(args: argparse.Namespace) -> int:
     import signal
 
-    from gateway.tools.receiver import ReceiverState, print_notice, receive
+    from gateway.tools.receiver import ReceiverState, print_notice
+    from gateway.tools.receiver_link import ReceiverOptions, receive
 
     state = ReceiverState(lost_after=args.lost_after, site=args.site)
     stop = asyncio.Event()
@@ -198,7 +243,10 @@ async def _receive_until(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     if args.duration is not None:
         loop.call_later(args.duration, stop.set)
-    await receive(args.broker, state, lambda n: print_notice(n, as_json=args.json), stop=stop, ca_file=args.ca_file)
+    options = ReceiverOptions(
+        identifier=args.id, state_dir=args.state_dir, reorder_timeout=args.reorder_timeout, ca_file=args.ca_file
+    )
+    await receive(args.broker, state, lambda n: print_notice(n, as_json=args.json), stop=stop, options=options)
     summary = state.summary()
     print(json.dumps({"summary": summary}) if args.json else json.dumps(summary, indent=2), flush=True)
     return EXIT_OK

@@ -28,7 +28,8 @@ Status = Literal["accepted", "executed", "failed", "refused"]
 # Refusal reasons (before any device is touched) and failure reasons (the device did not do it).
 REFUSALS = (
     "malformed", "commands_disabled", "unknown_point", "action_not_allowed", "expired", "not_yet_valid",
-    "ttl_too_long", "duration_not_allowed", "duration_too_long", "rate_limited",
+    "ttl_too_long", "duration_not_allowed", "duration_too_long", "rate_limited", "shutting_down",
+    "pruned", "beyond_last_seq", "replay_unavailable",
 )
 FAILURES = ("device_offline", "device_error", "verification_mismatch", "timeout", "interrupted", "internal_error")
 
@@ -62,6 +63,32 @@ class CommandDoc(BaseModel):
     )
 
 
+class ReplayDoc(BaseModel):
+    """`gcmk.replay.v1`, sent by a receiver of the meldkamer on `gcmk/v1/{site}/commands` (QoS 1): publish the
+    journaled events `from_seq`..`to_seq` again (`to_seq` absent: up to the last one). Checked like a command
+    (validity window, idempotency by command_id, rate limit, audit); answered on the results topic with what
+    was sent, or refused with why not (`pruned`: below the first seq still journaled; `beyond_last_seq`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    schema_: Literal["gcmk.replay.v1"] = Field(alias="schema")
+    command_id: _Text = Field(description="unique per request, the key for idempotency")
+    from_seq: int = Field(ge=1)
+    to_seq: int | None = Field(None, ge=1, description="absent: up to the last journaled seq")
+    issued_at: AwareDatetime
+    expires_at: AwareDatetime = Field(description="not executed after this (plus the configured clock skew)")
+    operator: _Text = Field(description="who asked (a receiver's id for automatic requests)")
+    reason: str | None = Field(None, max_length=500, description="free text for the audit log")
+
+    @property
+    def action(self) -> str:
+        return "replay"
+
+    @property
+    def point_id(self) -> None:
+        return None
+
+
 class CommandResultDoc(BaseModel):
     """`gcmk.command-result.v1`, published on `gcmk/v1/{site}/command-results` (QoS 1, not retained).
 
@@ -83,6 +110,8 @@ class CommandResultDoc(BaseModel):
     received_at: Timestamp
     at: Timestamp = Field(description="when this result was decided")
     audit_seq: int | None = Field(None, description="seq of the audit event journaled for this result")
+    first_seq: int | None = Field(None, description="replay: the lowest seq re-published, or still journaled")
+    last_seq: int | None = Field(None, description="replay: the highest seq re-published, or journaled")
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, exclude_none=True)
@@ -93,6 +122,7 @@ def command_schemas() -> dict[str, dict[str, Any]]:
     return {
         "CommandDoc": CommandDoc.model_json_schema(by_alias=True),
         "CommandResultDoc": CommandResultDoc.model_json_schema(by_alias=True, mode="serialization"),
+        "ReplayDoc": ReplayDoc.model_json_schema(by_alias=True),
     }
 
 
@@ -107,7 +137,7 @@ class Refusal:
     action: str | None = None
 
 
-def parse_command(payload: bytes | bytearray | str) -> CommandDoc | Refusal:
+def parse_command(payload: bytes | bytearray | str) -> CommandDoc | ReplayDoc | Refusal:
     """Payload -> command, or a `malformed` refusal. Never raises."""
     if len(payload) > MAX_PAYLOAD:
         return Refusal("malformed", f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
@@ -119,6 +149,8 @@ def parse_command(payload: bytes | bytearray | str) -> CommandDoc | Refusal:
         return Refusal("malformed", "a command is a JSON object")
     echo = {key: _short(data.get(key)) for key in ("command_id", "point_id", "action")}
     try:
+        if data.get("schema") == "gcmk.replay.v1":
+            return ReplayDoc.model_validate(data)
         return CommandDoc.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -157,21 +189,41 @@ def check_command(cmd: CommandDoc, site: SiteConfig, now: datetime) -> tuple[Poi
         return refuse("malformed", "issued_at / expires_at out of range")
 
 
+def check_replay(doc: ReplayDoc, site: SiteConfig, now: datetime) -> Refusal | None:
+    """The stateless checks of a replay request: its seq range and validity window (not `commands.enabled`:
+    a replay touches no device, so a read-only gateway serves it too)."""
+    if doc.to_seq is not None and doc.to_seq < doc.from_seq:
+        return Refusal("malformed", "to_seq is below from_seq", doc.command_id, None, "replay")
+    try:
+        return _window(doc, site.commands.clock_skew, site.commands.max_ttl, now)
+    except OverflowError:
+        return Refusal("malformed", "issued_at / expires_at out of range", doc.command_id, None, "replay")
+
+
+def _window(doc: CommandDoc | ReplayDoc, clock_skew: float, max_ttl: float, now: datetime) -> Refusal | None:
+    def refuse(reason: str, detail: str) -> Refusal:
+        return Refusal(reason, detail, doc.command_id, doc.point_id, doc.action)
+
+    skew = timedelta(seconds=clock_skew)
+    if doc.expires_at <= doc.issued_at:
+        return refuse("malformed", "expires_at must be later than issued_at")
+    if now > doc.expires_at + skew:
+        return refuse("expired", f"expired at {doc.expires_at.isoformat()}")
+    if doc.issued_at > now + skew:
+        return refuse("not_yet_valid", f"issued_at {doc.issued_at.isoformat()} is in the future")
+    if (doc.expires_at - doc.issued_at).total_seconds() > max_ttl:
+        return refuse("ttl_too_long", f"expires_at - issued_at exceeds max_ttl {max_ttl:g}s")
+    return None
+
+
 def _check_window(
     cmd: CommandDoc, action: PointAction, clock_skew: float, max_ttl: float, now: datetime
 ) -> Refusal | None:
     def refuse(reason: str, detail: str) -> Refusal:
         return Refusal(reason, detail, cmd.command_id, cmd.point_id, cmd.action)
 
-    skew = timedelta(seconds=clock_skew)
-    if cmd.expires_at <= cmd.issued_at:
-        return refuse("malformed", "expires_at must be later than issued_at")
-    if now > cmd.expires_at + skew:
-        return refuse("expired", f"expired at {cmd.expires_at.isoformat()}")
-    if cmd.issued_at > now + skew:
-        return refuse("not_yet_valid", f"issued_at {cmd.issued_at.isoformat()} is in the future")
-    if (cmd.expires_at - cmd.issued_at).total_seconds() > max_ttl:
-        return refuse("ttl_too_long", f"expires_at - issued_at exceeds max_ttl {max_ttl:g}s")
+    if (refused := _window(cmd, clock_skew, max_ttl, now)) is not None:
+        return refused
     if cmd.duration is not None:
         if cmd.action != "pulse":
             return refuse("duration_not_allowed", "duration applies to pulse only")

@@ -9,6 +9,7 @@ on: device_offline (no answer, not connected), verification_mismatch (the read-b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -80,13 +81,21 @@ class Executor:
                 self.modbus = adapter
 
     async def execute(
-        self, point: PointConfig, action: PointAction, *, operator: str, duration: float | None, limit: float
+        self,
+        point: PointConfig,
+        action: PointAction,
+        *,
+        operator: str,
+        duration: float | None,
+        limit: float,
+        release: asyncio.Event | None = None,
     ) -> Outcome:
-        """Runs the action within `limit` seconds (+ the pulse); never raises except on cancellation."""
+        """Runs the action within `limit` seconds (+ the pulse); never raises except on cancellation.
+        `release` set ends a pulse's hold early (the gateway is stopping): it restores at once."""
         pulse = (duration or action.pulse_default) if action.action == "pulse" else 0.0
         try:
             async with asyncio.timeout(limit + pulse):
-                detail = await self._run(point, action, operator, pulse)
+                detail = await self._run(point, action, operator, pulse, release or asyncio.Event())
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # every failure becomes a result; nothing escapes to the processor
@@ -94,13 +103,17 @@ class Executor:
             return Outcome(False, reason, text[:500])
         return Outcome(True, None, detail)
 
-    async def _run(self, point: PointConfig, action: PointAction, operator: str, pulse: float) -> str:
+    async def _run(
+        self, point: PointConfig, action: PointAction, operator: str, pulse: float, release: asyncio.Event
+    ) -> str:
         if isinstance(point.source, BacnetSource):
-            return await self._bacnet(point, action, operator, pulse)
+            return await self._bacnet(point, action, operator, pulse, release)
         assert isinstance(point.source, ModbusSource)
-        return await self._modbus(point, action, pulse)
+        return await self._modbus(point, action, pulse, release)
 
-    async def _bacnet(self, point: PointConfig, action: PointAction, operator: str, pulse: float) -> str:
+    async def _bacnet(
+        self, point: PointConfig, action: PointAction, operator: str, pulse: float, release: asyncio.Event
+    ) -> str:
         if self.bacnet is None:
             raise CommandFailed("device_offline", "the gateway runs no BACnet adapter")
         bacnet = self.bacnet
@@ -113,12 +126,12 @@ class Executor:
             await bacnet.write(point.id, value, priority=action.priority, property=prop)
 
         if action.action == "pulse" and action.restore is not None:
-            await _pulse(write, action.value, action.restore, pulse)
-            return f"{prop} = {action.value} for {pulse:g}s, then {action.restore}; both verified"
+            held = await _pulse(write, action.value, action.restore, pulse, release)
+            return f"{prop} = {action.value} for {_held(held, pulse)}, then {action.restore}; both verified"
         await write(action.value)
         return f"{prop} = {action.value} (priority {action.priority}); read back verified"
 
-    async def _modbus(self, point: PointConfig, action: PointAction, pulse: float) -> str:
+    async def _modbus(self, point: PointConfig, action: PointAction, pulse: float, release: asyncio.Event) -> str:
         if self.modbus is None:
             raise CommandFailed("device_offline", "the gateway runs no Modbus adapter")
         modbus = self.modbus
@@ -140,8 +153,8 @@ class Executor:
 
         if action.action == "pulse":
             assert isinstance(action.restore, int)
-            await _pulse(write, action.value, action.restore, pulse)
-            return f"{ref} = {action.value} for {pulse:g}s, then {action.restore}; both verified"
+            held = await _pulse(write, action.value, action.restore, pulse, release)
+            return f"{ref} = {action.value} for {_held(held, pulse)}, then {action.restore}; both verified"
         await write(action.value)
         return f"{ref} = {action.value}; read back verified"
 
@@ -150,18 +163,28 @@ class _Write(Protocol):
     async def __call__(self, value: object) -> None: ...
 
 
-async def _pulse(write: _Write, value: object, restore: object, seconds: float) -> None:
-    """Write, hold, restore. The restore runs even if the command is cancelled while holding (a door must
-    not stay unlocked because the gateway stopped), and after a write whose read-back differed."""
+async def _pulse(write: _Write, value: object, restore: object, seconds: float, release: asyncio.Event) -> float:
+    """Write, hold, restore; returns how long it held. The hold ends early when `release` is set (the
+    gateway is stopping: the door relocks now, while the adapter is still there to do it). The restore runs
+    even if the command is cancelled while holding, and after a write whose read-back differed."""
     try:
         await write(value)
     except VerificationFailed:
         await _restore(write, value, restore)
         raise
+    started = asyncio.get_running_loop().time()
     try:
-        await asyncio.sleep(seconds)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(release.wait(), seconds)
     finally:
         await _restore(write, value, restore)
+    return asyncio.get_running_loop().time() - started
+
+
+def _held(held: float, pulse: float) -> str:
+    if held < pulse - 0.05:
+        return f"{held:.1f}s of {pulse:g}s (ended early: the gateway is stopping)"
+    return f"{pulse:g}s"
 
 
 async def _restore(write: _Write, value: object, restore: object) -> None:

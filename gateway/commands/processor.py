@@ -25,18 +25,20 @@ from gateway.commands.contract import (
     CommandDoc,
     CommandResultDoc,
     Refusal,
+    ReplayDoc,
     Status,
     check_command,
+    check_replay,
     commands_topic,
     parse_command,
     results_topic,
 )
-from gateway.commands.executor import Executor
+from gateway.commands.executor import RESTORE_TIMEOUT, Executor
 from gateway.commands.stats import CommandStats
 from gateway.commands.store import CommandStore, CommandStoreError, store_path
 from gateway.config.models import DOOR_ACTIONS, PointAction, PointConfig, SiteConfig
 from gateway.core.events import make_event
-from gateway.core.ports import EventSink
+from gateway.core.ports import EventSink, Replayer
 from gateway.domain.event import Event, PointRef, SourceRef, utcnow
 from gateway.domain.state import Batch
 from gateway.domain.taxonomy import TYPES, Category, EventState, EventType
@@ -44,6 +46,8 @@ from gateway.mqtt.client import ClientFactory, backoff, first_protocol, refuses_
 
 log = structlog.get_logger(__name__)
 
+# How long a shutdown waits for running commands: a restore's own bound plus the time to journal and answer.
+DRAIN_TIMEOUT = RESTORE_TIMEOUT + 5.0
 SESSION_EXPIRY = 86400  # seconds the broker keeps our subscription (MQTT 5); expired commands are refused anyway
 RATE_WINDOW = 60.0
 
@@ -60,10 +64,12 @@ class CommandProcessor:
         sink: EventSink,
         *,
         store: CommandStore | None = None,
+        replayer: Replayer | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.site = site
         self.sink = sink
+        self.replayer = replayer  # serves gcmk.replay.v1 requests (the delivery sink), if any
         self.stats = CommandStats()
         self.executor = Executor(adapters)
         self.store = store or CommandStore(store_path(site), retention=site.journal.retention)
@@ -79,6 +85,8 @@ class CommandProcessor:
         self._accepted: deque[float] = deque()  # monotonic times of accepted commands (rate limit)
         self._slots: asyncio.Semaphore | None = None
         self._tasks: asyncio.TaskGroup | None = None
+        self._executions: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()  # no new commands; running pulses end their hold and restore now
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -89,7 +97,11 @@ class CommandProcessor:
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
-                await self._link()
+                try:
+                    await self._link()
+                except Exception:  # the link crashed: running commands still finish or restore first
+                    await self._finish_running(DRAIN_TIMEOUT)
+                    raise
         finally:
             self._tasks = None
             self._inflight.clear()
@@ -137,6 +149,21 @@ class CommandProcessor:
                 self.subscribed.clear()
             await asyncio.sleep(backoff(failures))
 
+    async def drain(self, within: float = DRAIN_TIMEOUT) -> None:
+        """The first step of every shutdown: take no more commands, and let each running one finish or
+        restore (a pulse relocks now instead of at the end of its hold) with its result journaled and
+        published, while the adapters and the sink are still running. Bounded by `within` seconds."""
+        await self._finish_running(within)
+
+    async def _finish_running(self, within: float) -> None:
+        self._stopping.set()
+        running = {t for t in self._executions if not t.done()}
+        if running:
+            log.info("commands_draining", running=len(running))
+            _done, pending = await asyncio.wait(running, timeout=within)
+            if pending:
+                log.error("commands_not_finished", running=len(pending), within_s=within)
+
     def _ignore_retained(self, topic: str) -> None:
         """Commands are never retained (a retained one would be replayed at every reconnect). A retained
         delivery is a misconfigured publisher or a broker handing out other topics' retained messages on
@@ -151,7 +178,7 @@ class CommandProcessor:
         received, started = self._clock(), time.monotonic()
         self.stats.messages += 1
         if not isinstance(payload, bytes | bytearray | str):
-            parsed: CommandDoc | Refusal = Refusal("malformed", "empty or non-text payload")
+            parsed: CommandDoc | ReplayDoc | Refusal = Refusal("malformed", "empty or non-text payload")
         else:
             parsed = parse_command(payload)
         if isinstance(parsed, Refusal):
@@ -168,7 +195,14 @@ class CommandProcessor:
                 store=False,
             )
             return
+        if isinstance(parsed, ReplayDoc):
+            await self._replay_request(parsed, received, started)
+            return
         cmd = parsed
+        if self._stopping.is_set():
+            why = Refusal("shutting_down", "the gateway is stopping; nothing was executed")
+            await self._refuse(cmd, why, received, started)
+            return
         stored = await self.store.get(cmd.command_id)
         if stored is not None:
             await self._replay(cmd, stored.result)
@@ -188,7 +222,41 @@ class CommandProcessor:
         await self._conclude(cmd.command_id, cmd.point_id, cmd.action, cmd, "accepted", None, detail, received, started)
         assert self._slots is not None and self._tasks is not None
         await self._slots.acquire()
-        self._tasks.create_task(self._execute(cmd, point, action, received, started))
+        execution = self._tasks.create_task(self._execute(cmd, point, action, received, started))
+        self._executions.add(execution)
+        execution.add_done_callback(self._executions.discard)
+
+    async def _replay_request(self, doc: ReplayDoc, received: datetime, started: float) -> None:
+        """A receiver asks for journaled events again: checked like a command (idempotent by command_id,
+        validity window, rate limit, audited), answered with what was queued or why not."""
+        stored = await self.store.get(doc.command_id)
+        if stored is not None:
+            await self._replay(doc, stored.result)
+            return
+        refusal = check_replay(doc, self.site, received)
+        if refusal is None and self._stopping.is_set():
+            refusal = Refusal("shutting_down", "the gateway is stopping")
+        if refusal is None and self.replayer is None:
+            refusal = Refusal("replay_unavailable", "this gateway has no journal to replay from")
+        if refusal is None and not self._take_rate_slot(started):
+            refusal = Refusal("rate_limited", f"more than {self.site.commands.rate_limit} commands per minute")
+        if refusal is not None:
+            await self._refuse(doc, refusal, received, started)
+            return
+        assert self.replayer is not None
+        outcome = await self.replayer.replay(doc.from_seq, doc.to_seq)
+        await self._conclude(
+            doc.command_id,
+            None,
+            "replay",
+            doc,
+            "executed" if outcome.ok else "refused",
+            outcome.reason,
+            outcome.detail,
+            received,
+            started,
+            seqs=(outcome.first_seq, outcome.last_seq),
+        )
 
     def _take_rate_slot(self, now: float) -> bool:
         while self._accepted and now - self._accepted[0] >= RATE_WINDOW:
@@ -203,7 +271,12 @@ class CommandProcessor:
     ) -> None:
         try:
             outcome = await self.executor.execute(
-                point, action, operator=cmd.operator, duration=cmd.duration, limit=self.site.commands.timeout
+                point,
+                action,
+                operator=cmd.operator,
+                duration=cmd.duration,
+                limit=self.site.commands.timeout,
+                release=self._stopping,
             )
             status: Status = "executed" if outcome.ok else "failed"
             await self._conclude(
@@ -214,7 +287,7 @@ class CommandProcessor:
             assert self._slots is not None
             self._slots.release()
 
-    async def _replay(self, cmd: CommandDoc, stored: str) -> None:
+    async def _replay(self, cmd: CommandDoc | ReplayDoc, stored: str) -> None:
         """A command_id seen before: re-send its stored result, touch nothing (audited as well)."""
         self.stats.replays += 1
         previous = CommandResultDoc.model_validate_json(stored)
@@ -225,7 +298,9 @@ class CommandProcessor:
         await self._audit(cmd.point_id, cmd.action, text, received=self._clock(), failed=False)
         await self._publish(previous.model_copy(update={"replay": True}), None)
 
-    async def _refuse(self, cmd: CommandDoc, refusal: Refusal, received: datetime, started: float) -> None:
+    async def _refuse(
+        self, cmd: CommandDoc | ReplayDoc, refusal: Refusal, received: datetime, started: float
+    ) -> None:
         """A well-formed command refused by the checks: audited, recorded (replays get it) and answered."""
         await self._conclude(
             cmd.command_id, cmd.point_id, cmd.action, cmd, "refused", refusal.reason, refusal.detail, received, started
@@ -236,7 +311,7 @@ class CommandProcessor:
         command_id: str | None,
         point_id: str | None,
         action: str | None,
-        cmd: CommandDoc | None,
+        cmd: CommandDoc | ReplayDoc | None,
         status: Status,
         reason: str | None,
         detail: str,
@@ -244,6 +319,7 @@ class CommandProcessor:
         started: float,
         *,
         store: bool = True,
+        seqs: tuple[int | None, int | None] = (None, None),
     ) -> None:
         """Audit (journal) first, then the durable record, then the answer on the results topic."""
         who = f" by {cmd.operator}" if cmd is not None else ""
@@ -262,6 +338,8 @@ class CommandProcessor:
             received_at=received,
             at=self._clock(),
             audit_seq=seq,
+            first_seq=seqs[0],
+            last_seq=seqs[1],
         )
         payload = result.to_json()
         if store and command_id is not None:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import builtins
 import re
+import zoneinfo
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from gateway.config.types import Duration, Identifier
 from gateway.domain.taxonomy import TYPES, Category, EventType
@@ -32,6 +34,29 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _known_time_zone(name: str) -> str:
+    """An IANA time zone name that zoneinfo knows ('Europe/Amsterdam'); the error names the unknown one."""
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        if not zoneinfo.available_timezones():
+            raise ValueError(
+                f"unknown time zone '{name}': this machine has no time zone database (install tzdata)"
+            ) from None
+        raise ValueError(f"unknown time zone '{name}': use an IANA name such as 'Europe/Amsterdam'") from None
+    return name
+
+
+TimeZoneName = Annotated[str, AfterValidator(_known_time_zone)]
+DEVICE_CLOCK_RULES = (
+    "BACnet devices stamp events in local time without a zone; the gateway converts to UTC with this zone. "
+    "In the repeated autumn hour (e.g. 02:00-03:00 on 2026-10-25) a time stamp has two meanings: the one "
+    "closer to the gateway's receive time is taken, right for live events (a resynced old alarm gets the later "
+    "one). A time stamp in the skipped spring hour (02:00-03:00 on 2026-03-29) comes from a clock that has not "
+    "switched yet and is read with the offset before the switch (02:30 -> 01:30 UTC)."
+)
+
+
 # --- site, tenants, zones ------------------------------------------------------------------------------
 
 
@@ -39,6 +64,13 @@ class SiteInfo(Strict):
     id: Identifier
     name: str = Field(min_length=1)
     address: str = Field(min_length=1, description="postal address of the building")
+    timezone: TimeZoneName = Field(
+        "Europe/Amsterdam",
+        description="IANA time zone of the building's device clocks. A BACnet device that reports UTC_Offset "
+        "(and Daylight_Savings_Status) is checked against it: if they disagree, the device's own offset is "
+        "used. " + DEVICE_CLOCK_RULES,
+        examples=["Europe/Amsterdam"],
+    )
 
 
 class Tenant(Strict):
@@ -133,11 +165,51 @@ class Supervision(Strict):
     )
 
 
+class DeliveryConfig(Strict):
+    """When an event counts as delivered (and may be pruned after the retention period)."""
+
+    confirm: Literal["meldkamer", "broker"] = Field(
+        "meldkamer",
+        description=(
+            "meldkamer: only the receivers' confirmations (gcmk/v1/{site}/confirm) make an event delivered; a"
+            " broker's PUBACK only makes it published. broker: the PUBACK is enough (setups without a"
+            " confirming receiver; a broker that loses acknowledged messages then loses alarms)"
+        ),
+    )
+    receivers: list[Identifier] = Field(
+        default_factory=lambda: ["meldkamer"],
+        min_length=1,
+        description="receiver ids that must ALL confirm an event before it is delivered (confirm: meldkamer)",
+    )
+    confirm_timeout: Duration = Field(
+        10.0,
+        gt=0,
+        description="an event published but unconfirmed this long is published again (then 2x, 4x ... up to 32x)",
+    )
+
+    @model_validator(mode="after")
+    def _unique_receivers(self) -> DeliveryConfig:
+        if len(set(self.receivers)) != len(self.receivers):
+            raise ValueError("delivery.receivers lists a receiver twice")
+        return self
+
+
 class JournalConfig(Strict):
     data_dir: Path = Field(description="directory of the SQLite journal; relative to the working directory")
     retention: Duration = Field(7 * 86400.0, description="how long delivered events are kept for audit")
     max_bytes: int = Field(1 << 30, ge=1 << 20, description="disk bound; beyond it only info events are shed")
-    commit_interval: Duration = Field(0.005, description="longest wait to group events into one commit")
+    # Removed, declared only so that a site config still setting it gets a clear message instead of "unknown
+    # key": not in the editor schema, never dumped, and any value (even null) is an error.
+    commit_interval: SkipJsonSchema[None] = Field(None, exclude=True)
+
+    @field_validator("commit_interval", mode="before")
+    @classmethod
+    def _commit_interval_removed(cls, value: object) -> None:
+        raise ValueError(
+            "commit_interval was removed (it never had an effect): the journal commits as soon as the previous"
+            " commit has finished, gathering whatever arrived meanwhile into one transaction, so an interval"
+            " could only delay alarms; delete this line"
+        )
 
 
 class BacnetLocal(Strict):
@@ -165,6 +237,12 @@ class BacnetDevice(Strict):
     cov_lifetime: Duration = Field(300.0, gt=0, description="COV subscription lifetime, renewed before expiry")
     poll_interval: Duration = Field(1.0, gt=0)
     timeout: Duration = Field(2.0, gt=0, description="per request")
+    timezone: TimeZoneName | None = Field(
+        None,
+        description="IANA time zone of this device's clock; overrides site.timezone and the device's own "
+        "UTC_Offset / Daylight_Savings_Status (for a panel whose offset properties are wrong). " + DEVICE_CLOCK_RULES,
+        examples=["Europe/Amsterdam"],
+    )
 
     @property
     def address_text(self) -> str:
@@ -455,6 +533,7 @@ class SiteConfig(Strict):
     mqtt: MqttConfig
     supervision: Supervision = Supervision()
     journal: JournalConfig
+    delivery: DeliveryConfig = DeliveryConfig()
     bacnet: BacnetLocal | None = Field(None, description="required when the site has BACnet devices")
     metrics: MetricsConfig = MetricsConfig()
     commands: CommandsConfig = CommandsConfig()

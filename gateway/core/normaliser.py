@@ -88,8 +88,12 @@ class Normaliser:
         return self._online[device_id]
 
     def devices_online(self) -> tuple[int, int]:
-        """(online, total) for the heartbeat."""
+        """(online, total) as the last device statuses said (gateway.app.service.Inputs adds liveness)."""
         return sum(1 for v in self._online.values() if v), len(self._online)
+
+    def device_protocols(self) -> dict[str, str]:
+        """Device id -> protocol, for every configured device."""
+        return {d.id: d.protocol for d in self._devices.values()}
 
     # --- readings --------------------------------------------------------------------------------------
 

@@ -86,6 +86,24 @@ class EventSink(Protocol):
         """Finish in-flight work on a clean shutdown (flush, publish offline status)."""
 
 
+@dataclass(frozen=True, slots=True)
+class ReplayOutcome:
+    """What a replay request got: queued (first..last) or refused with a reason code."""
+
+    ok: bool
+    reason: str | None
+    detail: str
+    first_seq: int | None = None
+    last_seq: int | None = None
+
+
+@runtime_checkable
+class Replayer(Protocol):
+    """A sink that can publish journaled events again on request (the meldkamer's `gcmk.replay.v1`)."""
+
+    async def replay(self, from_seq: int, to_seq: int | None) -> ReplayOutcome: ...
+
+
 # --- what operators read -----------------------------------------------------------------------------------
 
 
@@ -118,6 +136,7 @@ DEVICE_COUNTERS: dict[str, str] = {
     "duplicate_notifications": "BACnet confirmed notifications received again (device retries), answered once",
     "resyncs": "BACnet alarm-state resynchronisations (GetEventInformation and reads after (re)connect)",
     "stale_reads": "BACnet read answers dropped because a newer notification for the object had arrived",
+    "unknown_subscription_notifications": "BACnet COV notifications for no current subscription (answered, ignored)",
 }
 # Gauges an adapter may report per device: metric `gcmk_device_<name>`.
 DEVICE_GAUGES: dict[str, str] = {

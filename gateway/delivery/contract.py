@@ -19,7 +19,9 @@ EVENTS = ROOT + "/{site}/events/{category}"
 STATE = ROOT + "/{site}/state/{point_id}"
 STATUS = ROOT + "/{site}/status"
 HEARTBEAT = ROOT + "/{site}/heartbeat"
-CHANNELS = {"events": EVENTS, "state": STATE, "status": STATUS, "heartbeat": HEARTBEAT}
+CONFIRM = ROOT + "/{site}/confirm"
+CHANNELS = {"events": EVENTS, "state": STATE, "status": STATUS, "heartbeat": HEARTBEAT, "confirm": CONFIRM}
+MAX_CONFIRM_SEQS = 1_000  # isolated seqs beyond up_to_seq in one confirmation
 
 CONTENT_TYPE = "application/json"
 
@@ -38,6 +40,10 @@ def status_topic(site: str) -> str:
 
 def heartbeat_topic(site: str) -> str:
     return HEARTBEAT.format(site=site)
+
+
+def confirm_topic(site: str) -> str:
+    return CONFIRM.format(site=site)
 
 
 class _Doc(BaseModel):
@@ -59,6 +65,10 @@ class StatusDoc(_Doc):
     started_at: Timestamp = Field(description="when the gateway process started")
     at: Timestamp | None = Field(None, description="when this document was published (none in the will)")
     last_seq: int | None = Field(None, description="last journaled seq at publication (none in the will)")
+    published_seq: int | None = Field(None, description="highest seq the broker acknowledged (none in the will)")
+    confirmed_seq: int | None = Field(
+        None, description="every seq up to this one is confirmed by the receivers (none in the will)"
+    )
 
 
 class HeartbeatDoc(_Doc):
@@ -69,10 +79,17 @@ class HeartbeatDoc(_Doc):
     at: Timestamp
     interval: float = Field(description="seconds until the next heartbeat")
     last_seq: int = Field(description="last journaled seq")
-    journal_depth: int = Field(description="journaled events not yet acknowledged by the broker")
+    journal_depth: int = Field(
+        description="journaled events not yet delivered: unconfirmed by the receivers (confirm: meldkamer), or"
+        " without PUBACK (confirm: broker)"
+    )
     oldest_undelivered_age: float | None = Field(description="seconds; none when nothing is undelivered")
-    devices_online: int
+    published_seq: int = Field(description="highest seq the broker acknowledged (PUBACK)")
+    confirmed_seq: int = Field(description="every seq up to this one is confirmed by all required receivers")
+    devices_online: int = Field(description="devices answering, counted only while their adapter runs")
     devices_total: int
+    inputs_ok: bool = Field(description="every protocol adapter runs (false while one is down or restarting)")
+    journal_ok: bool = Field(description="the journal is writable (false after a failed write until one succeeds)")
     info_shed: int = Field(description="info events shed because of the journal's disk bound, in total")
 
 
@@ -90,10 +107,27 @@ class PointStateDoc(_Doc):
     version: int = Field(description="increments with each change of the point")
 
 
+class ConfirmDoc(_Doc):
+    """Published by a receiving side on the confirm topic (QoS 1, not retained) once it has STORED events
+    durably: every seq <= `up_to_seq` is held, and so is each seq in `seqs` (beyond it, out of order). Only
+    this makes an event delivered at the gateway (with `delivery.confirm: meldkamer`); a broker's PUBACK
+    does not. Cumulative, so a lost confirmation is repaired by the next one."""
+
+    schema_: Literal["gcmk.confirm.v1"] = Field("gcmk.confirm.v1", alias="schema")
+    site: str
+    receiver: str = Field(min_length=1, max_length=64, description="the receiver's id (delivery.receivers)")
+    up_to_seq: int = Field(ge=0, description="every seq up to and including this one is stored")
+    seqs: list[int] = Field(
+        default_factory=list, max_length=MAX_CONFIRM_SEQS, description="stored seqs beyond up_to_seq"
+    )
+    at: Timestamp | None = Field(None, description="when the receiver sent this")
+
+
 def document_schemas() -> dict[str, dict[str, Any]]:
     """JSON schemas of the non-event documents (the event schema is gateway.domain.event.event_json_schema())."""
     return {
         "status": StatusDoc.model_json_schema(by_alias=True, mode="serialization"),
         "heartbeat": HeartbeatDoc.model_json_schema(by_alias=True, mode="serialization"),
         "state": PointStateDoc.model_json_schema(by_alias=True, mode="serialization"),
+        "confirm": ConfirmDoc.model_json_schema(by_alias=True, mode="serialization"),
     }

@@ -10,16 +10,23 @@ The class is synchronous. SQL runs on one thread only (the delivery sink's journ
 executor, never on the event loop); `plan` (numbering, serialising: pure Python, no SQL) runs on the loop's
 thread so that the journal thread spends its time in SQLite's C code, which releases the GIL. Each commit
 is a constant number of SQLite calls whatever its size (multi-row INSERT, JSON parameters).
+
+The file records its schema version (`meta.schema_version`). `open` creates a new journal at SCHEMA_VERSION,
+migrates an older one step by step (MIGRATIONS: one transaction per step, so a file is always at a version
+it really has), and refuses one written by a newer gateway (JournalVersionError): this release cannot know
+what that one changed, and the file may hold undelivered alarms, so it is left untouched.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+
+import structlog
 
 from gateway.core.events import make_event
 from gateway.domain.errors import GatewayError
@@ -27,14 +34,20 @@ from gateway.domain.event import Event, PointRef, SourceRef
 from gateway.domain.state import NORMAL, UNKNOWN, Batch, DeviceState, PointState
 from gateway.domain.taxonomy import Category, EventState, EventType
 
-SCHEMA_VERSION = 1
+log = structlog.get_logger(__name__)
+
+# The version of the file's tables. Any change to them raises it by one, with a step in MIGRATIONS (below)
+# that brings a journal from the previous version to this one, and _SCHEMA describing the new version.
+SCHEMA_VERSION = 2
 PRUNE_CHUNK = 5_000  # rows per DELETE, so one prune never holds the writer for long
 # The disk bound is measured (one SQLite call) only when an over-estimate of the growth since the last
 # measurement could have crossed it, and at least every MEASURE_EVERY commits.
 MEASURE_EVERY = 64
 ROW_OVERHEAD = 256  # bytes per event row besides its payload (columns, b-tree and index entries), generous
 
-_SCHEMA = """
+# Version 1. A new journal is created from the current version's text; a migration step never uses it (it
+# changes with the next version): each step carries the statements of its own version.
+_SCHEMA_1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY,
@@ -62,10 +75,113 @@ CREATE TABLE IF NOT EXISTS points (
 );
 CREATE TABLE IF NOT EXISTS devices (device_id TEXT PRIMARY KEY, online INTEGER NOT NULL, since TEXT NOT NULL);
 """
+# Version 2: meldkamer confirmation. `delivered_at` now means confirmed by every required receiver (or the
+# PUBACK with `delivery.confirm: broker`); `published_at` / `publishes` record PUBACKs, so that an event
+# published but unconfirmed is published again after the confirm timeout; per receiver its cumulative
+# confirmation and the isolated seqs it confirmed beyond it.
+_V2_CHANGES = """
+ALTER TABLE events ADD COLUMN published_at REAL;
+ALTER TABLE events ADD COLUMN publishes INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS events_unconfirmed ON events(published_at)
+    WHERE delivered_at IS NULL AND published_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS confirmations (receiver TEXT PRIMARY KEY, up_to_seq INTEGER NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS confirmed_seqs (receiver TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (receiver, seq));
+"""
+_SCHEMA = _SCHEMA_1 + _V2_CHANGES  # the tables of SCHEMA_VERSION
+MAX_REPUBLISH_FACTOR = 32  # the confirm timeout doubles per publication of an event, up to this factor
 
 
 class JournalError(GatewayError):
     """The journal could not be opened or written (disk full, I/O error, corrupt file)."""
+
+
+class JournalVersionError(JournalError):
+    """The journal file has a schema version newer than this gateway's: written by a newer release."""
+
+    def __init__(self, path: Path, found: int, supported: int) -> None:
+        super().__init__(
+            f"journal {path} has schema version {found}, newer than the versions up to {supported} this gateway"
+            f" release knows: it was written by a newer release. Run that release (or a newer one) again; do"
+            f" not delete the file, it may hold undelivered events. To go back to this release, first let the"
+            f" newer one deliver everything (journal depth 0), then move the file aside"
+        )
+        self.path = path
+        self.found = found
+        self.supported = supported
+
+
+# --- schema versions ---------------------------------------------------------------------------------------
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+def _statements(script: str) -> list[str]:
+    """A script as single statements: `executescript` would COMMIT the migration's transaction first."""
+    return [statement.strip() for statement in script.split(";") if statement.strip()]
+
+
+def _tables(db: sqlite3.Connection) -> set[str]:
+    return {str(row[0]) for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def _unversioned_to_1(db: sqlite3.Connection) -> None:
+    """0 -> 1. Version 0 is a journal that does not record its version: written before the journal did, or
+    interrupted between creating its tables and recording the version. Creates what is missing of version
+    1; `events.detected_at` was the last column added before versions were recorded."""
+    if "events" in _tables(db):
+        columns = {str(row[1]) for row in db.execute("PRAGMA table_info(events)")}
+        if "detected_at" not in columns:
+            db.execute("ALTER TABLE events ADD COLUMN detected_at REAL")
+    for statement in _statements(_SCHEMA_1):
+        db.execute(statement)
+
+
+def _1_to_2(db: sqlite3.Connection) -> None:
+    """1 -> 2: meldkamer confirmation. Events a version-1 gateway marked delivered on PUBACK stay delivered
+    (they were published then); undelivered ones are published again and confirmed from now on."""
+    for statement in _statements(_V2_CHANGES):
+        db.execute(statement)
+    db.execute("UPDATE events SET published_at = delivered_at, publishes = 1 WHERE delivered_at IS NOT NULL")
+
+
+# MIGRATIONS[n] brings a journal from schema version n to n + 1 (inside a transaction of `migrate`, which
+# records the new version in the same transaction; a step must not COMMIT).
+MIGRATIONS: tuple[Migration, ...] = (_unversioned_to_1, _1_to_2)
+assert len(MIGRATIONS) == SCHEMA_VERSION, "one migration step per schema version"
+
+
+def stored_version(db: sqlite3.Connection, path: Path) -> int | None:
+    """The schema version of an open journal file; None for a new (empty) file, 0 for one that does not
+    record its version."""
+    tables = _tables(db)
+    if not tables:
+        return None
+    if not tables & {"meta", "events"}:
+        raise JournalError(f"{path} is an SQLite database but not a journal (no meta or events table)")
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() if "meta" in tables else None
+    if row is None:
+        return 0
+    try:
+        return int(row[0])
+    except ValueError:
+        raise JournalError(f"journal {path}: schema_version {row[0]!r} is not a number (damaged file?)") from None
+
+
+def migrate(db: sqlite3.Connection, path: Path, found: int, steps: Sequence[Migration] = MIGRATIONS) -> int:
+    """Brings a journal from schema version `found` to `len(steps)`, one transaction per step holding the
+    step and its new version number; returns the version reached. A failing step rolls back to the version
+    before it and raises JournalError."""
+    for version in range(found, len(steps)):
+        try:
+            with _Transaction(db):
+                steps[version](db)
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(version + 1),))
+        except sqlite3.Error as exc:
+            raise JournalError(
+                f"cannot migrate journal {path} from schema version {version} to {version + 1}: {exc}"
+            ) from exc
+        log.info("journal migrated", path=str(path), from_version=version, to_version=version + 1)
+    return max(found, len(steps))
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +256,8 @@ class Journal:
         self.retention = retention
         self._db: sqlite3.Connection | None = None
         self.last_seq = 0
-        self.depth = 0  # undelivered events
+        self.depth = 0  # undelivered events (with confirm: meldkamer, unconfirmed)
+        self.confirmed_seq = 0  # every seq up to this one is confirmed by all required receivers
         self.shed_total = 0
         self.shedding = False
         self._page_size = 4096
@@ -153,16 +270,25 @@ class Journal:
     # --- lifecycle ---------------------------------------------------------------------------------------
 
     def open(self) -> None:
+        """Opens the file, creating, migrating or refusing it by its schema version (see the module's
+        docstring): JournalVersionError for a journal written by a newer release."""
+        db: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            found = stored_version(db, self.path)  # before anything is written to the file
+            if found is not None and found > SCHEMA_VERSION:
+                raise JournalVersionError(self.path, found, SCHEMA_VERSION)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA journal_size_limit=8388608")
-            db.executescript(_SCHEMA)
-            columns = {str(row[1]) for row in db.execute("PRAGMA table_info(events)")}
-            if "detected_at" not in columns:  # a journal written before the column existed
-                db.execute("ALTER TABLE events ADD COLUMN detected_at REAL")
+            if found is None:
+                with _Transaction(db):
+                    for statement in _statements(_SCHEMA):
+                        db.execute(statement)
+                    db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            else:
+                migrate(db, self.path, found)
             self._db = db
             self._page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
             # meta.last_seq is written when events are deleted (pruning), not with every commit: the highest
@@ -174,9 +300,12 @@ class Journal:
             self.depth = int(db.execute("SELECT COUNT(*) FROM events WHERE delivered_at IS NULL").fetchone()[0])
             self._versions = {str(r[0]): int(r[1]) for r in db.execute("SELECT point_id, version FROM points")}
             self.over_bound = self._over_bound()
-            if self._meta("schema_version", "") == "":
-                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, JournalError) as exc:
+            self._db = None
+            if db is not None:
+                db.close()
+            if isinstance(exc, JournalError):
+                raise
             raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
 
     def close(self) -> None:
@@ -309,11 +438,7 @@ class Journal:
         self.depth += len(plan.result.journaled)
         self._growth += plan.growth
         self._unmeasured_commits += 1
-        if (
-            self.over_bound
-            or self._used + self._growth >= self.max_bytes
-            or self._unmeasured_commits >= MEASURE_EVERY
-        ):
+        if self.over_bound or self._used + self._growth >= self.max_bytes or self._unmeasured_commits >= MEASURE_EVERY:
             try:
                 self.over_bound = self._over_bound()
             except sqlite3.Error as exc:
@@ -338,8 +463,9 @@ class Journal:
             version = self._versions.get(point.point_id, 0) + 1
             self._versions[point.point_id] = version
             value = None if point.value is None else json.dumps(point.value)
-            plan.points.append([point.point_id, point.condition, value, _iso(point.since), point.last_key,
-                                self.last_seq, version])
+            plan.points.append(
+                [point.point_id, point.condition, value, _iso(point.since), point.last_key, self.last_seq, version]
+            )
             plan.result.states.append(
                 StateDoc(point.point_id, point.condition, point.value, point.since, self.last_seq, version)
             )
@@ -388,20 +514,115 @@ class Journal:
         )
 
     def mark_delivered(self, seqs: Sequence[int], now: float) -> int:
-        """Marks events delivered (after PUBACK); returns how many were newly marked."""
+        """Marks events published and delivered (`delivery.confirm: broker`: the PUBACK is enough); returns how
+        many were newly delivered."""
         if not seqs:
             return 0
         with self._transaction():
             cursor = self.db.execute(
-                "UPDATE events SET delivered_at = ? WHERE seq IN (SELECT value FROM json_each(?))"
-                " AND delivered_at IS NULL",
-                (now, json.dumps(list(seqs))),
+                "UPDATE events SET delivered_at = ?, published_at = ?, publishes = publishes + 1"
+                " WHERE seq IN (SELECT value FROM json_each(?)) AND delivered_at IS NULL",
+                (now, now, json.dumps(list(seqs))),
             )
             marked = cursor.rowcount
+        return self._delivered(marked)
+
+    def mark_published(self, seqs: Sequence[int], now: float) -> int:
+        """PUBACKs under `delivery.confirm: meldkamer`: the broker has them, the receivers may not; the confirm
+        timeout runs from now. Returns how many were marked."""
+        if not seqs:
+            return 0
+        cursor = self.db.execute(
+            "UPDATE events SET published_at = ?, publishes = publishes + 1"
+            " WHERE seq IN (SELECT value FROM json_each(?)) AND delivered_at IS NULL",
+            (now, json.dumps(list(seqs))),
+        )
+        return cursor.rowcount
+
+    def confirm(self, receiver: str, up_to_seq: int, seqs: Sequence[int], required: Sequence[str], now: float) -> int:
+        """A receiver's confirmation: records it (cumulative, never moving back) and marks delivered every
+        event that all `required` receivers have confirmed. Returns how many became delivered."""
+        db = self.db
+        with self._transaction():
+            db.execute(
+                "INSERT INTO confirmations (receiver, up_to_seq, at) VALUES (?, ?, ?) ON CONFLICT (receiver) DO"
+                " UPDATE SET up_to_seq = MAX(up_to_seq, excluded.up_to_seq), at = excluded.at",
+                (receiver, up_to_seq, now),
+            )
+            floors = dict(db.execute("SELECT receiver, up_to_seq FROM confirmations"))
+            own = int(floors[receiver])
+            db.execute("DELETE FROM confirmed_seqs WHERE receiver = ? AND seq <= ?", (receiver, own))
+            beyond = sorted({s for s in seqs if s > own})
+            if beyond:
+                _insert_many(
+                    db, "INSERT OR IGNORE INTO confirmed_seqs (receiver, seq) VALUES", [[receiver, s] for s in beyond]
+                )
+            floor = min(int(floors.get(r, 0)) for r in required)
+            marked = db.execute(
+                "UPDATE events SET delivered_at = ? WHERE seq <= ? AND delivered_at IS NULL", (now, floor)
+            ).rowcount
+            if beyond:  # isolated seqs that every required receiver holds, by cumulative or isolated confirmation
+                held = {
+                    (str(r), int(q))
+                    for r, q in db.execute(
+                        "SELECT receiver, seq FROM confirmed_seqs WHERE seq IN (SELECT value FROM json_each(?))",
+                        (json.dumps(beyond),),
+                    )
+                }
+                done = [s for s in beyond if all(s <= int(floors.get(r, 0)) or (r, s) in held for r in required)]
+                if done:
+                    marked += db.execute(
+                        "UPDATE events SET delivered_at = ? WHERE seq IN (SELECT value FROM json_each(?))"
+                        " AND delivered_at IS NULL",
+                        (now, json.dumps(done)),
+                    ).rowcount
+        self.confirmed_seq = floor
+        return self._delivered(marked)
+
+    def _delivered(self, marked: int) -> int:
         self.depth = max(0, self.depth - marked)
-        if self.over_bound:  # delivered events can now make room
+        if marked and self.over_bound:  # delivered events can now make room
             self.over_bound = self._over_bound()
         return marked
+
+    def confirmed_up_to(self, required: Sequence[str]) -> int:
+        """The highest seq up to which every required receiver has confirmed (refreshes `confirmed_seq`)."""
+        floors = dict(self.db.execute("SELECT receiver, up_to_seq FROM confirmations"))
+        self.confirmed_seq = min(int(floors.get(r, 0)) for r in required)
+        return self.confirmed_seq
+
+    def published_up_to(self) -> int:
+        """The highest seq the broker has acknowledged (of those still journaled)."""
+        row = self.db.execute("SELECT MAX(seq) FROM events WHERE published_at IS NOT NULL").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def read_unconfirmed_json(self, now: float, timeout: float, limit: int) -> str:
+        """Events published but still unconfirmed whose confirm timeout ran out (it doubles with each
+        publication, up to MAX_REPUBLISH_FACTOR): priority 1-2 first, then by seq. One JSON text."""
+        row = self.db.execute(
+            "SELECT json_group_array(json_array(seq, event_id, category, priority, payload, journaled_at,"
+            " link_down, IFNULL(detected_at, journaled_at))) FROM (SELECT * FROM events"
+            " WHERE delivered_at IS NULL AND published_at IS NOT NULL AND published_at <= ?"
+            " AND published_at + ? * MIN(1 << MAX(publishes - 1, 0), ?) <= ?"
+            " ORDER BY priority > 2, seq LIMIT ?)",
+            (now - timeout, timeout, MAX_REPUBLISH_FACTOR, now, limit),
+        ).fetchone()
+        return str(row[0]) if row and row[0] else "[]"
+
+    def read_range_json(self, from_seq: int, to_seq: int, limit: int) -> str:
+        """Journaled events (delivered or not) in from_seq..to_seq, for a replay. One JSON text."""
+        row = self.db.execute(
+            "SELECT json_group_array(json_array(seq, event_id, category, priority, payload, journaled_at,"
+            " link_down, IFNULL(detected_at, journaled_at)))"
+            " FROM (SELECT * FROM events WHERE seq >= ? AND seq <= ? ORDER BY seq LIMIT ?)",
+            (from_seq, to_seq, limit),
+        ).fetchone()
+        return str(row[0]) if row and row[0] else "[]"
+
+    def first_seq(self) -> int:
+        """The lowest seq still journaled (last_seq + 1 when none is)."""
+        row = self.db.execute("SELECT MIN(seq) FROM events").fetchone()
+        return int(row[0]) if row and row[0] is not None else self.last_seq + 1
 
     def read_undelivered(self, from_seq: int, limit: int) -> list[Journaled]:
         return parse_page(self.read_undelivered_json(from_seq, limit))
@@ -469,21 +690,19 @@ class Journal:
             " IFNULL((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'last_seq'), 0))"
         )
 
-    def prune(self, now: float) -> int:
-        """Deletes delivered events older than the retention; returns how many."""
+    def prune(self, now: float, chunk: int = PRUNE_CHUNK) -> int:
+        """Deletes at most `chunk` delivered events older than the retention; returns how many. ONE bounded
+        transaction: the caller repeats it while it returns `chunk`, with the journal thread free for
+        commits in between (an alarm's commit never waits behind a whole prune)."""
         cutoff = now - self.retention
-        total = 0
-        while True:
-            with self._transaction():
-                self._keep_last_seq()
-                cursor = self.db.execute(
-                    "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE delivered_at IS NOT NULL"
-                    " AND delivered_at < ? LIMIT ?)",
-                    (cutoff, PRUNE_CHUNK),
-                )
-            total += cursor.rowcount
-            if cursor.rowcount < PRUNE_CHUNK:
-                return total
+        with self._transaction():
+            self._keep_last_seq()
+            cursor = self.db.execute(
+                "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE delivered_at IS NOT NULL"
+                " AND delivered_at < ? ORDER BY delivered_at LIMIT ?)",
+                (cutoff, chunk),
+            )
+        return cursor.rowcount
 
     # --- helpers -----------------------------------------------------------------------------------------
 

@@ -7,6 +7,10 @@ window (an outage, a restart), it pages undelivered events from the journal inst
 `buffered` (contract): an event is flagged `buffered: true` when its (re)publication starts more than
 `buffered_after` seconds (default 2 s) after it was handed to the sink: held back by an outage of the
 link or of the gateway, or stuck behind such a backlog. Live events on a healthy link are not flagged.
+
+Redeliveries (events published but unconfirmed by the meldkamer in time, and replays on request) come
+from the journal through `redeliver`, flagged `redelivered: true`: priority 1-2 ones before the live
+cursor, the rest when the cursor has nothing to send, so a flood of old events never delays a new alarm.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ URGENT_PRIORITY = 2  # priority 1-2 events overtake a backlog
 RECENT_MAX = 16_384
 URGENT_MAX = 4_096
 PAGE = 1_000
+REDELIVERY_MAX = 2_000  # redeliveries held in memory; the sink pages more in as these go out
 
 Reader = Callable[[int, int], Awaitable[list[Journaled]]]
 
@@ -41,6 +46,7 @@ class Outgoing:
     detected_at: float = 0.0  # events: the event's detected_at (epoch seconds), where its latency starts
     buffered: bool = False
     urgent: bool = False
+    redelivered: bool = False
 
 
 class _Read:
@@ -73,6 +79,9 @@ class Outbox:
         self._inflight: set[int] = set()
         self._inflight_states: dict[str, StateDoc] = {}
         self._ahead: set[int] = set()  # seqs sent out of order (urgent); the cursor skips them
+        self._redeliver_urgent: deque[Journaled] = deque()
+        self._redeliver: deque[Journaled] = deque()
+        self._redelivering: set[int] = set()  # seqs queued for redelivery
         self._next_seq = 1
         self._last_seq = 0
         self._behind = False
@@ -105,6 +114,30 @@ class Outbox:
         if journaled or states:
             self._idle.clear()
             self._wakeup.set()
+
+    def redeliver(self, items: Sequence[Journaled]) -> int:
+        """Queue journaled events to be published again (flagged redelivered); returns how many were taken.
+        Events already queued or in flight are skipped."""
+        taken = 0
+        for item in items:
+            if item.seq in self._redelivering or item.seq in self._inflight or self.redelivery_room <= 0:
+                continue
+            self._redelivering.add(item.seq)
+            (self._redeliver_urgent if item.priority <= URGENT_PRIORITY else self._redeliver).append(item)
+            taken += 1
+        if taken:
+            self._idle.clear()
+            self._wakeup.set()
+        return taken
+
+    @property
+    def redelivery_room(self) -> int:
+        return REDELIVERY_MAX - len(self._redelivering)
+
+    def put_back(self, marks: Sequence[int], states: Sequence[tuple[str, int]]) -> None:
+        """Marks whose journal write failed: kept for the next attempt, never dropped."""
+        self.marks[:0] = marks
+        self.state_marks[:0] = states
 
     # --- used by the publisher ---------------------------------------------------------------------------
 
@@ -166,6 +199,9 @@ class Outbox:
         for point_id, doc in self._inflight_states.items():
             self._states.setdefault(point_id, doc)
         self._inflight_states.clear()
+        self._redelivering.clear()  # still unconfirmed in the journal: the sink queues them again
+        self._redeliver_urgent.clear()
+        self._redeliver.clear()
         self._epoch += 1
         self._wakeup.set()
 
@@ -188,7 +224,14 @@ class Outbox:
             self._idle.clear()
 
     def _pick_possible(self) -> bool:
-        return bool(self._urgent or self._states or self._paged or self._next_seq <= self._last_seq)
+        return bool(
+            self._urgent
+            or self._redeliver_urgent
+            or self._redeliver
+            or self._states
+            or self._paged
+            or self._next_seq <= self._last_seq
+        )
 
     def _pick(self) -> Outgoing | _Read | None:
         while self._urgent:
@@ -196,6 +239,22 @@ class Outbox:
             if item.seq >= self._next_seq and item.seq not in self._ahead:
                 self._ahead.add(item.seq)
                 return self._event(item, urgent=True)
+        if (again := self._pick_redelivery(self._redeliver_urgent)) is not None:
+            return again
+        picked = self._pick_live()
+        if picked is None:
+            return self._pick_redelivery(self._redeliver)
+        return picked
+
+    def _pick_redelivery(self, queue: deque[Journaled]) -> Outgoing | None:
+        while queue:
+            item = queue.popleft()
+            self._redelivering.discard(item.seq)
+            if item.seq not in self._inflight:
+                return self._event(item, urgent=item.priority <= URGENT_PRIORITY, redelivered=True)
+        return None
+
+    def _pick_live(self) -> Outgoing | _Read | None:
         if self._states:
             point_id, doc = self._states.popitem(last=False)
             self._inflight_states[point_id] = doc
@@ -223,10 +282,12 @@ class Outbox:
             self._behind = self._clock() - item.journaled_at > self._buffered_after
             return out
 
-    def _event(self, item: Journaled, *, urgent: bool) -> Outgoing:
+    def _event(self, item: Journaled, *, urgent: bool, redelivered: bool = False) -> Outgoing:
         self._inflight.add(item.seq)
         buffered = self._clock() - item.journaled_at > self._buffered_after
         payload = item.payload.replace('"buffered":false', '"buffered":true', 1) if buffered else item.payload
+        if redelivered:
+            payload = payload.replace('"redelivered":false', '"redelivered":true', 1)
         return Outgoing(
             kind="event",
             topic=event_topic(self._site, item.category),
@@ -236,6 +297,7 @@ class Outbox:
             detected_at=item.detected_at or item.journaled_at,
             buffered=buffered,
             urgent=urgent,
+            redelivered=redelivered,
         )
 
     def _state(self, doc: StateDoc) -> Outgoing:

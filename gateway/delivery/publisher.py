@@ -1,11 +1,20 @@
-"""The MQTT link to the meldkamer: one long-lived aiomqtt client, QoS 1, bounded in-flight window.
+"""The MQTT link to the meldkamer: one MQTT session at a time, QoS 1, bounded in-flight window.
 
-Why this shape: aiomqtt has no offline queue and a publish returns only
-after its PUBACK, so the journal is our queue and the outbox decides the order; an unbounded gather of
-publishes is several times slower than a bounded window. The client is reused across reconnects (jittered
-exponential backoff) with a persistent session; an event is marked delivered only on its PUBACK, and
-what was in flight when a session died is published again (same event_id) on the next one.
-TLS verifies the broker by default; plain TCP only with `insecure: true`, never as a fallback.
+Why this shape: the journal is our queue and the outbox decides the order, so the link needs no offline queue
+of its own; an event is marked delivered only on its PUBACK, and what was in flight when a session died is
+published again (same event_id) on the next one. Each session is a `gateway.mqtt.session.Session`: paho-mqtt
+driven from this loop through its public external-loop API, a fresh paho client per connection (so paho never
+re-sends on its own: at most one extra copy per in-flight event after a failure), with a persistent broker
+session (clean_start false + SessionExpiryInterval; 3.1.1 clean_session false). Sessions are re-established
+with jittered exponential backoff; TLS verifies the broker by default; plain TCP only with `insecure: true`,
+never as a fallback. Protocol `auto` probes MQTT 5 once and falls back to 3.1.1 (the demo's amqtt broker).
+
+Refusals: a PUBACK reason code >= 0x80 means the broker did NOT take the message. The event is not
+acknowledged to the outbox, it is counted (`publish_refused`), the session ends and the next one starts after
+backoff, re-sending from that event; the log says so once per refused topic, not per attempt. A broker that
+refuses the CONNECT (bad credentials) or drops the connection while a publish awaits its PUBACK before
+acknowledging any event of the session (what Mosquitto does when its ACL forbids a topic) is handled the same
+way: one error line per change, counters and the `refused` gauges for the alerts, backoff.
 """
 
 from __future__ import annotations
@@ -13,11 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
-import aiomqtt
-import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -28,20 +36,37 @@ from gateway.delivery.contract import CONTENT_TYPE, HeartbeatDoc, StatusDoc, hea
 from gateway.delivery.outbox import Outbox, Outgoing
 from gateway.delivery.stats import DeliveryStats
 from gateway.domain.errors import DeliveryError
-from gateway.mqtt.client import PROBE_TIMEOUT, ClientFactory, backoff, refuses_protocol
+from gateway.mqtt.client import ClientFactory, backoff
+from gateway.mqtt.session import (
+    ConnectRefused,
+    ConnectTimeout,
+    PubackOverdue,
+    PublishRefused,
+    Session,
+    SessionError,
+    SessionLost,
+    SessionOptions,
+    Will,
+    reason_label,
+)
 
 log = structlog.get_logger(__name__)
 
 SESSION_EXPIRY = 7 * 86400  # seconds the broker keeps our session (MQTT 5)
-EXTRA_INFLIGHT = 8  # status and heartbeat publishes (through aiomqtt) besides the event window
+RESERVED_INFLIGHT = 2  # the status and heartbeat publishes, outside the event window, within Receive Maximum
+STABLE_SESSION = 10.0  # seconds a session must last for the backoff to start again from its minimum
+# A DISCONNECT (MQTT 5) with one of these reasons, while a publish awaits its PUBACK, refuses that publish.
+_REFUSING_DISCONNECTS = frozenset({0x80, 0x83, 0x87, 0x90, 0x93, 0x95, 0x97, 0x99})
+
+_NO_SUBSCRIPTIONS: Mapping[str, Callable[[bytes], None]] = MappingProxyType({})
 
 
 class _PackedProperties(Properties):
     """Constant PUBLISH properties, packed once: paho re-packs on every publish, at a cost comparable to
     the rest of the publish."""
 
-    def __init__(self, schema: str, expiry: int | None) -> None:
-        super().__init__(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    def __init__(self, schema: str, expiry: int | None, packet_type: int = PacketTypes.PUBLISH) -> None:
+        super().__init__(packet_type)  # type: ignore[no-untyped-call]
         self.ContentType = CONTENT_TYPE
         self.UserProperty = [("schema", schema)]
         if expiry is not None:
@@ -57,8 +82,21 @@ def _properties(schema: str, expiry: int | None = None) -> Properties:
     return _PackedProperties(schema, expiry)
 
 
+class _Window:
+    """The event/state window of one session: at most `size` outbox messages awaiting their PUBACK."""
+
+    __slots__ = ("delivered", "free", "room")
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self.room = asyncio.Event()
+        self.delivered = 0  # outbox messages the broker accepted in this session
+
+
 class Publisher:
-    """Runs MQTT sessions until stopped; each session publishes status, heartbeats and the outbox."""
+    """Runs MQTT sessions until stopped; each session publishes status, heartbeats and the outbox, and hands the
+    messages of `subscriptions` (topic filter -> callback(payload), QoS 1, on every session) to their callback
+    on the loop (the meldkamer's confirmations)."""
 
     def __init__(
         self,
@@ -69,6 +107,7 @@ class Publisher:
         online: Callable[[], StatusDoc],
         offline: Callable[[str], StatusDoc],
         heartbeat: Callable[[], Awaitable[HeartbeatDoc]],
+        subscriptions: Mapping[str, Callable[[bytes], None]] = _NO_SUBSCRIPTIONS,
     ) -> None:
         self._site = site
         self._mqtt = site.mqtt
@@ -77,23 +116,18 @@ class Publisher:
         self._online = online
         self._offline = offline
         self._heartbeat = heartbeat
+        self._subscriptions = dict(subscriptions)
         self._factory = ClientFactory.of(site.mqtt)
-        self._protocol: aiomqtt.ProtocolVersion | None = (
-            None
-            if self._mqtt.protocol == "auto"
-            else aiomqtt.ProtocolVersion.V5
-            if self._mqtt.protocol == "5"
-            else aiomqtt.ProtocolVersion.V311
-        )
+        self._protocol: str | None = None if self._mqtt.protocol == "auto" else self._mqtt.protocol
         self._stop = asyncio.Event()
-        self.client: aiomqtt.Client | None = None  # the current client (tests inspect its socket)
+        self.session: Session[Outgoing] | None = None  # the current session (tests inspect it)
+        self._window = _Window(0)
         self._grace = 0.0
-        self._v5 = False
+        self._trouble: str | None = None  # what the last error log reported; repeats of it are not logged again
         self._event_props: Properties | None = None
         self._state_props: Properties | None = None
         self._status_props: Properties | None = None
         self._heartbeat_props: Properties | None = None
-        self._timeout = self._factory.timeout
         self._status_topic = status_topic(site.site.id)
         self._heartbeat_topic = heartbeat_topic(site.site.id)
         stats.insecure = not self._mqtt.uses_tls
@@ -109,256 +143,264 @@ class Publisher:
 
     async def run(self) -> None:
         """Connects, serves, reconnects with jittered exponential backoff; returns after request_stop."""
-        client: aiomqtt.Client | None = None
+        loop = asyncio.get_running_loop()
         failures = 0
         while not self._stop.is_set():
-            if client is None:
-                client = self._client(self._protocol or aiomqtt.ProtocolVersion.V5)
+            probing = self._protocol is None and self._stats.connects == 0
+            session = self._session(v5=self._protocol != "3.1.1", probing=probing)
+            began: float | None = None
             error: BaseException | None = None
             try:
-                await self._session(client)
-            except* (aiomqtt.MqttError, OSError, DeliveryError) as group:
+                await self._connect(session)
+                began = loop.time()
+                await self._serve(session)
+            except* DeliveryError as group:
                 error = _first(group)
             finally:
+                session.abort()
                 self._disconnected()
             if error is not None:
-                if self._protocol is None and self._stats.connects == 0 and refuses_protocol(error):
+                if probing and _refuses_v5(error):
                     log.info("mqtt_fallback_311", reason=str(error))
-                    self._protocol = aiomqtt.ProtocolVersion.V311
-                    client = None
+                    self._protocol = "3.1.1"
                     continue
+                if began is not None and loop.time() - began >= STABLE_SESSION:
+                    failures = 0  # a session that worked for a while: reconnect quickly
                 failures += 1
-                self._stats.last_error = f"{type(error).__name__}: {error}"
-                log.warning("mqtt_link_down", error=self._stats.last_error, failures=failures)
+                self._failed(error)
             if self._stop.is_set():
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), backoff(failures))
 
-    def _client(self, protocol: aiomqtt.ProtocolVersion) -> aiomqtt.Client:
-        v5 = protocol == aiomqtt.ProtocolVersion.V5
+    def _session(self, *, v5: bool, probing: bool) -> Session[Outgoing]:
         will = self._offline("connection lost")
-        client = self._factory.client(
+        options = SessionOptions.of(
+            self._factory,
             self._site.client_id,
-            protocol,
+            v5=v5,
+            probe=probing,
             session_expiry=SESSION_EXPIRY,
-            will=aiomqtt.Will(
+            will=Will(
                 self._status_topic,
                 will.to_json(),
-                qos=1,
-                retain=True,
-                properties=_properties("gcmk.status.v1") if v5 else None,
+                _PackedProperties("gcmk.status.v1", None, PacketTypes.WILLMESSAGE) if v5 else None,
             ),
-            # No cap in paho: our window bounds what is in flight (events and states; status and heartbeats add
-            # a few), and with a cap paho scans every outgoing message on each PUBACK (_update_inflight).
-            max_inflight_messages=0,
+            subscriptions=self._subscriptions,
         )
-        client.pending_calls_threshold = self._mqtt.max_inflight + 2 * EXTRA_INFLIGHT
-        self.client = client
-        self._v5 = v5
         self._event_props = _properties("gcmk.event.v1") if v5 else None
         self._state_props = _properties("gcmk.state.v1") if v5 else None
         self._status_props = _properties("gcmk.status.v1") if v5 else None
         interval = self._site.supervision.heartbeat_interval
         self._heartbeat_props = _properties("gcmk.heartbeat.v1", max(1, round(3 * interval))) if v5 else None
-        return client
+        return Session(options, self._acked)
 
-    async def _session(self, client: aiomqtt.Client) -> None:
-        # aiomqtt 2.5 leaves `_connected` resolved after an unexpected disconnect, so the next __aenter__
-        # would return before the CONNACK; a fresh future makes it wait for the real answer.
-        if client._connected.done():
-            client._connected = asyncio.get_running_loop().create_future()
-        probing = self._protocol is None and self._stats.connects == 0
-        client.timeout = min(self._timeout, PROBE_TIMEOUT) if probing else self._timeout
+    async def _connect(self, session: Session[Outgoing]) -> None:
         try:
-            await client.__aenter__()
-        except aiomqtt.MqttError:
+            await session.connect()
+        except SessionError:
             self._stats.connect_errors += 1
-            _release(client)
             raise
-        except BaseException:
-            _release(client)
-            raise
-        client.timeout = self._timeout
+
+    async def _serve(self, session: Session[Outgoing]) -> None:
+        stats = self._stats
+        self.session = session
+        size = self._mqtt.max_inflight
+        if session.receive_maximum is not None:  # the broker's limit (MQTT 5), which the window must respect
+            size = max(1, min(size, session.receive_maximum - RESERVED_INFLIGHT))
+        self._window = _Window(size)
+        stats.connected = True
+        stats.connects += 1
+        if stats.connects > 1:
+            stats.reconnects += 1
+        stats.protocol = "5" if session.options.v5 else "3.1.1"
+        stats.refused_connect = False
+        self._outbox.link(True)
+        refusing = self._trouble is not None and self._trouble.startswith("publish_refused")
+        if not refusing:
+            self._trouble = None  # the connection works again: a new failure is news
+        (log.debug if refusing else log.info)(
+            "mqtt_connected", url=self._mqtt.url, protocol=stats.protocol, window=size
+        )
         try:
-            await self._serve(client)
+            await self._publish_wait(session, self._status_topic, self._online().to_json(), True, self._status_props)
+            async with asyncio.TaskGroup() as tg:
+                watch = tg.create_task(self._watch(session))
+                beat = tg.create_task(self._beat(session))
+                pump = tg.create_task(self._pump(session))
+                await self._stop.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._outbox.drained(), self._grace)
+                for task in (pump, beat, watch):
+                    task.cancel()
         except asyncio.CancelledError:
             # Cancelled without request_stop (service shutting down): still say `offline` if we can.
-            await self._say_offline(client)
+            await self._say_offline(session)
+            await session.disconnect()
             raise
-        except BaseException:
-            await self._leave_with_will(client)
-            raise
-        finally:
-            with contextlib.suppress(aiomqtt.MqttError):
-                await client.__aexit__(None, None, None)
-            _release(client)
+        await self._say_offline(session)
+        await session.disconnect()
 
-    async def _leave_with_will(self, client: aiomqtt.Client) -> None:
-        """The session failed (e.g. a publish timed out) while the socket may still be up. A plain
-        DISCONNECT would make the broker discard the will and leave `online` standing; MQTT 5 can ask for
-        the will (reason 4). With 3.1.1 the will fires only when the broker itself notices the loss."""
-        if not self._v5 or client._disconnected.done():
+    async def _say_offline(self, session: Session[Outgoing]) -> None:
+        if session.ended:
             return
-        client._client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, aName="Disconnect with will message"))
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(client._disconnected), 1.0)
-
-    async def _serve(self, client: aiomqtt.Client) -> None:
-        self._stats.connected = True
-        self._stats.connects += 1
-        if self._stats.connects > 1:
-            self._stats.reconnects += 1
-        self._stats.protocol = "5" if self._v5 else "3.1.1"
-        self._outbox.link(True)
-        log.info("mqtt_connected", url=self._mqtt.url, protocol=self._stats.protocol)
-        await self._publish(client, self._status_topic, self._online().to_json(), True, self._status_props)
-        async with asyncio.TaskGroup() as tg:
-            watch = tg.create_task(self._watch(client))
-            beat = tg.create_task(self._beat(client))
-            pump = tg.create_task(self._pump(client))
-            await self._stop.wait()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._outbox.drained(), self._grace)
-            for task in (pump, beat, watch):
-                task.cancel()
-        await self._say_offline(client)
-
-    async def _say_offline(self, client: aiomqtt.Client) -> None:
-        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+        with contextlib.suppress(DeliveryError, TimeoutError):
             doc = self._offline("shutdown").to_json()
-            await asyncio.wait_for(self._publish(client, self._status_topic, doc, True, self._status_props), 2.0)
+            await asyncio.wait_for(session.publish_wait(self._status_topic, doc, True, self._status_props), 2.0)
 
     def _disconnected(self) -> None:
         if self._stats.connected:
-            log.info("mqtt_disconnected")
+            refusing = self._trouble is not None and self._trouble.startswith("publish_refused")
+            (log.debug if refusing else log.info)("mqtt_disconnected")
         self._stats.connected = False
         self._outbox.link(False)
         self._outbox.lost()
 
-    async def _publish(
-        self, client: aiomqtt.Client, topic: str, payload: str, retain: bool, props: Properties | None
+    async def _publish_wait(
+        self, session: Session[Outgoing], topic: str, payload: str, retain: bool, props: Properties | None
     ) -> None:
-        await client.publish(topic, payload, qos=1, retain=retain, properties=props, timeout=self._timeout)
+        try:
+            await session.publish_wait(topic, payload, retain, props)
+        except PublishRefused as exc:
+            self._count_refusal(exc.topic, exc.label)
+            raise
+        if self._stats.refused_topics:
+            self._accepted(topic)
+
+    # --- what went wrong, said once ----------------------------------------------------------------------
+
+    def _failed(self, error: BaseException) -> None:
+        """After a session ended on `error`: counters, the `refused` gauges, and one log line per change."""
+        stats = self._stats
+        stats.last_error = f"{type(error).__name__}: {error}"
+        if isinstance(error, PubackOverdue):
+            stats.publish_errors += 1
+        if isinstance(error, ConnectRefused):
+            stats.connect_refused[error.label] = stats.connect_refused.get(error.label, 0) + 1
+            stats.refused_connect = True
+            self._report(f"connect_refused:{error.label}", "error", "mqtt_connect_refused", detail=str(error))
+            return
+        if isinstance(error, PublishRefused):  # counted when the PUBACK arrived
+            self._report(
+                f"publish_refused:{error.topic}", "error", "mqtt_publish_refused", topic=error.topic, detail=str(error)
+            )
+            return
+        topic = self._dropped_publish(error)
+        if topic is not None:
+            assert isinstance(error, SessionLost)
+            label = "connection_closed" if error.reason is None or not error.by_broker else reason_label(error.reason)
+            self._count_refusal(topic, label)
+            self._report(
+                f"publish_refused:{topic}",
+                "error",
+                "mqtt_publish_refused",
+                topic=topic,
+                detail=f"{error}, before it acknowledged any event of this session: the broker does not take this"
+                " publish (Mosquitto closes the connection like this when its ACL forbids the topic)",
+            )
+            return
+        self._report(f"link:{stats.last_error}", "warning", "mqtt_link_down", error=stats.last_error)
+
+    def _dropped_publish(self, error: BaseException) -> str | None:
+        """The topic of the publish the broker refused by ending the connection, if that is what happened: the
+        session ended by the broker (closed without a reason, or a DISCONNECT whose reason refuses the
+        publish) while a publish awaited its PUBACK and no outbox message of the session was accepted."""
+        if not isinstance(error, SessionLost) or error.unacknowledged is None or self._window.delivered:
+            return None
+        if error.by_broker:
+            refusing = error.reason is not None and error.reason.value in _REFUSING_DISCONNECTS
+        else:
+            refusing = error.reason is None or error.reason.value != 0x8D  # not our keepalive timeout
+        return error.unacknowledged if refusing else None
+
+    def _report(self, key: str, level: str, event: str, **fields: Any) -> None:
+        if key == self._trouble:
+            log.debug(event, **fields)
+            return
+        self._trouble = key
+        getattr(log, level)(event, **fields)
+
+    def _count_refusal(self, topic: str, label: str) -> None:
+        stats = self._stats
+        stats.publish_refused[label] = stats.publish_refused.get(label, 0) + 1
+        stats.refused_topics.add(topic)
+
+    def _accepted(self, topic: str) -> None:
+        """A publish to `topic` was accepted: a refusal of that topic is over."""
+        stats = self._stats
+        if topic in stats.refused_topics:
+            stats.refused_topics.discard(topic)
+            if not stats.refused_topics and self._trouble is not None and self._trouble.startswith("publish_refused"):
+                self._trouble = None
+                log.info("mqtt_publish_accepted", topic=topic, detail="the broker accepts the gateway's publishes")
 
     # --- tasks of one session ----------------------------------------------------------------------------
 
-    async def _watch(self, client: aiomqtt.Client) -> None:
-        """Raises MqttError when the connection drops (we subscribe to nothing, so no message arrives)."""
-        async for _ in client.messages:
-            pass
-        raise DeliveryError("MQTT message stream ended")
+    async def _watch(self, session: Session[Outgoing]) -> None:
+        """Raises the session's error when it ends (connection lost, PUBACK overdue or refused, ...)."""
+        await session.wait_closed()
+        raise SessionLost("the MQTT session ended")
 
-    async def _beat(self, client: aiomqtt.Client) -> None:
+    async def _beat(self, session: Session[Outgoing]) -> None:
         interval = self._site.supervision.heartbeat_interval
         loop = asyncio.get_running_loop()
         due = loop.time()
         while True:
             doc = await self._heartbeat()
-            await self._publish(client, self._heartbeat_topic, doc.to_json(), False, self._heartbeat_props)
+            await self._publish_wait(session, self._heartbeat_topic, doc.to_json(), False, self._heartbeat_props)
             self._stats.heartbeats += 1
             due = max(due + interval, loop.time())
             await asyncio.sleep(due - loop.time())
 
-    async def _pump(self, client: aiomqtt.Client) -> None:
-        """Publishes the outbox through a bounded in-flight window, without a task or awaitable per message:
-        paho's PUBACK callback completes each one (see `_Window`). The window's watchdog fails the session
-        when a PUBACK is overdue, as a timed-out `client.publish` would."""
-        window = _Window(self, client, self._mqtt.max_inflight)
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._watchdog(window))
-                while True:
-                    if window.free <= 0:
-                        window.room.clear()
-                        await window.room.wait()
-                        continue
-                    item = self._outbox.next_nowait() or await self._outbox.next()
-                    window.send(item)
-        finally:
-            window.forget()
-
-    async def _watchdog(self, window: _Window) -> None:
-        period = min(1.0, self._timeout / 4)
+    async def _pump(self, session: Session[Outgoing]) -> None:
+        """Publishes the outbox through the bounded window, without a task or awaitable per message: each PUBACK
+        comes back through `_acked` (paho's read callback). The session's watchdog fails the session when a
+        PUBACK is overdue."""
+        window = self._window
+        outbox = self._outbox
+        publish = session.publish
+        event_props, state_props = self._event_props, self._state_props
         while True:
-            await asyncio.sleep(period)
-            if window.overdue(self._timeout):
-                self._stats.publish_errors += 1
-                raise aiomqtt.MqttError("Operation timed out")
+            if window.free <= 0:
+                window.room.clear()
+                await window.room.wait()
+                continue
+            item = outbox.next_nowait() or await outbox.next()
+            if item.kind == "event":
+                publish(item.topic, item.payload, False, event_props, item)
+            else:
+                publish(item.topic, item.payload, True, state_props, item)
+            window.free -= 1
 
-    def _acked(self, item: Outgoing) -> None:
+    def _acked(self, item: Outgoing, reason: ReasonCode) -> None:
+        """The PUBACK of an outbox message (in paho's read callback, on the loop)."""
+        window = self._window
+        window.free += 1
+        window.room.set()
+        if reason.value >= 0x80:  # refused: not acknowledged to the outbox, so it is sent again
+            self._count_refusal(item.topic, reason_label(reason))
+            if self.session is not None:
+                self.session.fail(PublishRefused(item.topic, reason))
+            return
+        window.delivered += 1
+        stats = self._stats
         if item.kind == "event":
-            self._stats.published += 1
-            self._stats.observe_latency(time.time() - item.detected_at)  # end to end: detection -> PUBACK
+            stats.published += 1
+            stats.observe_latency(time.time() - item.detected_at)  # end to end: detection -> PUBACK
         else:
-            self._stats.published_states += 1
+            stats.published_states += 1
+        if stats.refused_topics:
+            self._accepted(item.topic)
         self._outbox.acked(item)
 
 
-class _Ack:
-    """One message awaiting its PUBACK. It takes the place of the asyncio.Event that aiomqtt's `publish` would
-    register under the message id: aiomqtt's on_publish handler calls `set()` when the PUBACK arrives (in
-    its socket-read callback, on the event loop). Per message that saves a task, an Event, a `wait_for` with
-    its task and timer, and aiomqtt's scan of all pending ids: about a third of the publish path's CPU."""
-
-    __slots__ = ("item", "mid", "sent_at", "window")
-
-    def __init__(self, window: _Window, item: Outgoing, mid: int) -> None:
-        self.window = window
-        self.item = item
-        self.mid = mid
-        self.sent_at = time.monotonic()
-
-    def set(self) -> None:
-        self.window.acked(self)
-
-
-class _Window:
-    """The in-flight window of one session: at most `size` messages sent and not yet acknowledged."""
-
-    def __init__(self, publisher: Publisher, client: aiomqtt.Client, size: int) -> None:
-        self._publisher = publisher
-        self._client = client
-        self._pending: dict[int, Any] = client._pending_publishes  # aiomqtt's table: mid -> object with set()
-        self._inflight: dict[int, _Ack] = {}  # insertion order = send order: the first is the oldest
-        self.free = size
-        self.room = asyncio.Event()
-
-    def send(self, item: Outgoing) -> None:
-        publisher = self._publisher
-        props = publisher._event_props if item.kind == "event" else publisher._state_props
-        info = self._client._client.publish(item.topic, item.payload, 1, item.kind == "state", props)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            publisher._stats.publish_errors += 1
-            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
-        ack = _Ack(self, item, info.mid)
-        self._pending[info.mid] = ack  # QoS 1: paho reports the PUBACK later, from the socket-read callback
-        self._inflight[info.mid] = ack
-        self.free -= 1
-
-    def acked(self, ack: _Ack) -> None:
-        if self._inflight.pop(ack.mid, None) is None:
-            return
-        self.free += 1
-        self.room.set()
-        self._publisher._acked(ack.item)
-
-    def overdue(self, timeout: float) -> bool:
-        oldest = next(iter(self._inflight.values()), None)
-        return oldest is not None and time.monotonic() - oldest.sent_at > timeout
-
-    def forget(self) -> None:
-        """The session ended: unacknowledged messages go back to the outbox (`Outbox.lost`), not here."""
-        for mid, ack in self._inflight.items():
-            if self._pending.get(mid) is ack:
-                del self._pending[mid]
-        self._inflight.clear()
-
-
-def _release(client: aiomqtt.Client) -> None:
-    """aiomqtt keeps its reuse lock when connect or disconnect is interrupted; the client must stay reusable."""
-    if client._lock.locked():
-        client._lock.release()
+def _refuses_v5(error: BaseException) -> bool:
+    """A 3.1.1-only broker answers an MQTT 5 CONNECT with 'unsupported protocol version' (paho maps the 3.1.1
+    code 1 onto MQTT 5's 0x84), or (amqtt, which cannot parse an MQTT 5 will) never answers: the TCP connection
+    worked, MQTT 5 did not."""
+    if isinstance(error, ConnectRefused):
+        return error.reason.value in (0x01, 0x84)
+    return isinstance(error, ConnectTimeout)
 
 
 def _first(group: BaseExceptionGroup[Any]) -> BaseException:

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,9 +30,9 @@ import structlog
 
 from gateway.config.models import SiteConfig
 from gateway.core.lifecycle import RunsInBackground
-from gateway.core.ports import HealthReport
-from gateway.delivery.contract import HeartbeatDoc, StatusDoc
-from gateway.delivery.journal import CommitResult, Journal, Journaled, JournalError, Plan, parse_page
+from gateway.core.ports import HealthReport, ReplayOutcome
+from gateway.delivery.contract import ConfirmDoc, HeartbeatDoc, StatusDoc, confirm_topic
+from gateway.delivery.journal import PRUNE_CHUNK, CommitResult, Journal, Journaled, JournalError, Plan, parse_page
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.publisher import Publisher
 from gateway.delivery.stats import DeliveryStats
@@ -80,6 +80,7 @@ class PublisherFactory(Protocol):
         online: Callable[[], StatusDoc],
         offline: Callable[[str], StatusDoc],
         heartbeat: Callable[[], Awaitable[HeartbeatDoc]],
+        subscriptions: Mapping[str, Callable[[bytes], None]] = ...,
     ) -> Publisher: ...
 
 
@@ -98,6 +99,7 @@ class DeliverySink(RunsInBackground):
         publisher: PublisherFactory | None = None,
         stats: DeliveryStats | None = None,
         devices: Callable[[], tuple[int, int]] = lambda: (0, 0),
+        inputs_ok: Callable[[], bool] = lambda: True,
         close_grace: float = CLOSE_GRACE,
     ) -> None:
         """Collaborators default to the production ones (the composition root, gateway/app/wiring.py, passes
@@ -108,6 +110,7 @@ class DeliverySink(RunsInBackground):
         self._config_hash = config_hash
         self._version = version
         self._devices = devices
+        self._inputs_ok = inputs_ok
         self._close_grace = close_grace
         self._started_at = datetime.now(UTC)
         self._journal = journal or open_journal(site)
@@ -129,9 +132,22 @@ class DeliverySink(RunsInBackground):
         self._write_failed = False  # the last journal write (commit or marks) failed
         self._finished = asyncio.Event()
         self.outbox = Outbox(site.site.id, self._read_undelivered)
+        self._delivery = site.delivery
+        self._confirming = site.delivery.confirm == "meldkamer"
+        self._confirms: dict[str, ConfirmDoc] = {}  # latest confirmation per receiver, not yet applied
+        self._confirm_wake = asyncio.Event()
+        self._replay: tuple[int, int] | None = None  # (next seq, last seq) of a replay being paged in
+        self._warned_receivers: set[str] = set()
         make_publisher = publisher or Publisher
+        subscriptions = {confirm_topic(site.site.id): self._on_confirm} if self._confirming else {}
         self.publisher = make_publisher(
-            site, self.outbox, self.stats, online=self._online, offline=self._offline, heartbeat=self._heartbeat
+            site,
+            self.outbox,
+            self.stats,
+            online=self._online,
+            offline=self._offline,
+            heartbeat=self._heartbeat,
+            subscriptions=subscriptions,
         )
 
     def health(self) -> HealthReport:
@@ -178,6 +194,8 @@ class DeliverySink(RunsInBackground):
                 tg.create_task(self._writer())
                 tg.create_task(self._marker())
                 tg.create_task(self._pruner())
+                tg.create_task(self._confirmer())
+                tg.create_task(self._redeliverer())
                 await self.publisher.run()  # returns after close() asked it to stop
                 raise _Stopped
         except* _Stopped:
@@ -229,6 +247,11 @@ class DeliverySink(RunsInBackground):
             self.outbox.start(first, self._journal.last_seq, states)
             self.stats.last_seq = self._journal.last_seq
             self.stats.journal_depth = self._journal.depth
+            self.stats.published_seq = await self._db(self._journal.published_up_to)
+            if self._confirming:
+                self.stats.confirmed_seq = await self._db(self._journal.confirmed_up_to, self._delivery.receivers)
+            else:
+                self.stats.confirmed_seq = self.stats.published_seq
 
     async def _read_undelivered(self, from_seq: int, limit: int) -> list[Journaled]:
         return parse_page(await self._db(self._journal.read_undelivered_json, from_seq, limit))
@@ -350,6 +373,7 @@ class DeliverySink(RunsInBackground):
     async def _flush_marks(self) -> None:
         seqs, states = self.outbox.take_marks()
         if not (seqs or states) or not self._opened or self._journal_closed():
+            self.outbox.put_back(seqs, states)  # written once the journal is open again
             return
         try:
             # Shielded: the marks are already taken from the outbox, so a cancel (the marker task at
@@ -357,14 +381,22 @@ class DeliverySink(RunsInBackground):
             await asyncio.shield(self._write_marks(seqs, states))
         except JournalError as exc:
             self._write_failed = True
-            log.error("journal_mark_failed", error=str(exc))
+            self.outbox.put_back(seqs, states)  # never dropped: the next flush tries again
+            log.error("journal_mark_failed", error=str(exc), marks=len(seqs) + len(states))
+        else:
+            if seqs:
+                self.stats.published_seq = max(self.stats.published_seq, *seqs)
+                if not self._confirming:  # confirm: broker: the PUBACK is the confirmation
+                    self.stats.confirmed_seq = self.stats.published_seq
         self.stats.journal_depth = self._journal.depth
 
     async def _write_marks(self, seqs: list[int], states: list[tuple[str, int]]) -> None:
-        """Both marks in one job on the journal's thread, so nothing queued after it can come between."""
+        """Both marks in one job on the journal's thread, so nothing queued after it can come between. A
+        PUBACK makes an event published (confirm: meldkamer) or delivered (confirm: broker)."""
+        mark = self._journal.mark_published if self._confirming else self._journal.mark_delivered
 
         def write(at: float) -> None:
-            self._journal.mark_delivered(seqs, at)
+            mark(seqs, at)
             self._journal.mark_states_published(states)
 
         await self._db(write, time.time())
@@ -377,15 +409,119 @@ class DeliverySink(RunsInBackground):
         return False
 
     async def _pruner(self) -> None:
+        """Retention: deletes delivered events in chunks of PRUNE_CHUNK, each its own job on the journal
+        thread, so the commits of alarms interleave with a long prune instead of waiting behind it."""
         while True:
+            pruned = 0
             try:
-                pruned = await self._db(self._journal.prune, time.time())
+                while (chunk := await self._db(self._journal.prune, time.time(), PRUNE_CHUNK)) > 0:
+                    pruned += chunk
+                    if chunk < PRUNE_CHUNK:
+                        break
             except JournalError as exc:
                 log.error("journal_prune_failed", error=str(exc))
-            else:
-                if pruned:
-                    log.info("journal_pruned", events=pruned)
+            if pruned:
+                log.info("journal_pruned", events=pruned)
             await asyncio.sleep(PRUNE_INTERVAL)
+
+    # --- meldkamer confirmation, redelivery, replay ---------------------------------------------------
+
+    def _on_confirm(self, payload: bytes) -> None:
+        """A message on the confirm topic (on the loop, from the publisher's session): checked, then merged
+        into the latest confirmation of its receiver; `_confirmer` applies it on the journal thread."""
+        try:
+            doc = ConfirmDoc.model_validate_json(payload)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            self.stats.confirmations_invalid += 1
+            log.warning("confirmation_invalid", error=str(exc).splitlines()[0])
+            return
+        if doc.site != self.site.site.id or doc.receiver not in self._delivery.receivers:
+            self.stats.confirmations_invalid += 1
+            if doc.receiver not in self._warned_receivers:
+                self._warned_receivers.add(doc.receiver)
+                log.warning(
+                    "confirmation_ignored",
+                    receiver=doc.receiver,
+                    site=doc.site,
+                    detail="not a receiver of this site (delivery.receivers) or another site's",
+                )
+            return
+        earlier = self._confirms.get(doc.receiver)
+        if earlier is not None:
+            seqs = sorted({*earlier.seqs, *doc.seqs})[: len(doc.seqs) + len(earlier.seqs)]
+            doc = doc.model_copy(update={"up_to_seq": max(doc.up_to_seq, earlier.up_to_seq), "seqs": seqs})
+        self._confirms[doc.receiver] = doc
+        self._confirm_wake.set()
+
+    async def _confirmer(self) -> None:
+        while True:
+            await self._confirm_wake.wait()
+            self._confirm_wake.clear()
+            pending, self._confirms = self._confirms, {}
+            for receiver, doc in pending.items():
+                try:
+                    newly = await self._db(
+                        self._journal.confirm,
+                        receiver,
+                        doc.up_to_seq,
+                        doc.seqs,
+                        self._delivery.receivers,
+                        time.time(),
+                    )
+                except JournalError as exc:
+                    log.error("journal_confirm_failed", error=str(exc))
+                    self._write_failed = True
+                    self._confirms.setdefault(receiver, doc)  # applied with the next one
+                    self._confirm_wake.set()
+                    await asyncio.sleep(MARK_INTERVAL)  # a failing disk: retry soon, not in a tight loop
+                    continue
+                self.stats.confirmations += 1
+                self.stats.confirmed += newly
+                self.stats.confirmed_seq = self._journal.confirmed_seq
+                self.stats.journal_depth = self._journal.depth
+
+    async def _redeliverer(self) -> None:
+        """Pages events into the outbox again: those published but unconfirmed past the confirm timeout
+        (confirm: meldkamer), and the range of a replay request."""
+        timeout = self._delivery.confirm_timeout
+        period = min(1.0, timeout / 4)
+        while True:
+            await asyncio.sleep(period)  # a periodic scan, bounded by the outbox's room
+            room = self.outbox.redelivery_room
+            if not self.stats.connected or room <= 0:
+                continue
+            try:
+                if self._replay is not None:
+                    start, last = self._replay
+                    page = parse_page(await self._db(self._journal.read_range_json, start, last, room))
+                    self._replay = (page[-1].seq + 1, last) if page and page[-1].seq < last else None
+                elif self._confirming:
+                    page = parse_page(await self._db(self._journal.read_unconfirmed_json, time.time(), timeout, room))
+                else:
+                    continue
+            except JournalError as exc:
+                log.error("journal_read_failed", error=str(exc))
+                continue
+            self.stats.redelivered += self.outbox.redeliver(page)
+
+    async def replay(self, from_seq: int, to_seq: int | None) -> ReplayOutcome:
+        """gateway.core.ports.Replayer: publish journaled events from_seq..to_seq again (paged in by
+        `_redeliverer`). Refused when the range is no longer (or not yet) journaled."""
+        if not self._opened:
+            return ReplayOutcome(False, "replay_unavailable", "the journal is not open yet")
+        first, last = await self._db(lambda: (self._journal.first_seq(), self._journal.last_seq))
+        if from_seq > last:
+            return ReplayOutcome(False, "beyond_last_seq", f"seq {from_seq} is beyond the last seq {last}", None, last)
+        if from_seq < first:
+            return ReplayOutcome(
+                False, "pruned", f"seq {from_seq}..{first - 1} are no longer journaled (retention)", first, last
+            )
+        end = min(to_seq if to_seq is not None else last, last)
+        self._replay = (
+            (from_seq, end) if self._replay is None else (min(from_seq, self._replay[0]), max(end, self._replay[1]))
+        )
+        self.stats.replays += 1
+        return ReplayOutcome(True, None, f"seq {from_seq}..{end} queued for publication again", from_seq, end)
 
     # --- documents ---------------------------------------------------------------------------------------
 
@@ -407,6 +543,8 @@ class DeliverySink(RunsInBackground):
             started_at=self._started_at,
             at=at,
             last_seq=last_seq,
+            published_seq=self.stats.published_seq if at is not None else None,
+            confirmed_seq=self.stats.confirmed_seq if at is not None else None,
         )
 
     async def _heartbeat(self) -> HeartbeatDoc:
@@ -422,8 +560,12 @@ class DeliverySink(RunsInBackground):
             last_seq=self.stats.last_seq,
             journal_depth=self._journal.depth,
             oldest_undelivered_age=self.stats.oldest_undelivered_age,
+            published_seq=self.stats.published_seq,
+            confirmed_seq=self.stats.confirmed_seq,
             devices_online=online,
             devices_total=total,
+            inputs_ok=self._inputs_ok(),
+            journal_ok=not self._write_failed,
             info_shed=self._journal.shed_total,
         )
 

@@ -21,6 +21,12 @@ class DeliveryStats:
     reconnects: int = 0  # successful connections after the first
     connect_errors: int = 0
     last_error: str = ""
+    # refusals by the broker, by reason (a reason code's name in snake_case, e.g. "not_authorized"; a publish the
+    # broker answered by closing the connection: "connection_closed")
+    connect_refused: dict[str, int] = field(default_factory=dict)  # CONNACK refusals
+    publish_refused: dict[str, int] = field(default_factory=dict)  # PUBACK reason code >= 0x80 (event not marked)
+    refused_connect: bool = False  # the last connection attempt was refused (until a CONNACK accepts one)
+    refused_topics: set[str] = field(default_factory=set)  # topics refused and not accepted since
     commits: int = 0  # journal transactions (each one fsync)
     committed_batches: int = 0
     journaled: int = 0  # events journaled (incl. shed announcements)
@@ -28,6 +34,14 @@ class DeliveryStats:
     journal_depth: int = 0  # events not yet acknowledged by the broker
     oldest_undelivered_age: float | None = None  # seconds
     last_seq: int = 0
+    # meldkamer confirmation (delivery.confirm: meldkamer)
+    published_seq: int = 0  # highest seq the broker acknowledged (PUBACK)
+    confirmed_seq: int = 0  # every seq up to this one is confirmed by all required receivers
+    confirmed: int = 0  # events that became delivered by a confirmation
+    confirmations: int = 0  # confirmation documents applied
+    confirmations_invalid: int = 0  # unparsable, of another site, or from a receiver not in delivery.receivers
+    redelivered: int = 0  # events handed to the outbox again (unconfirmed in time, or replayed)
+    replays: int = 0  # replay requests served
     # the event's detection (`detected_at`) -> PUBACK, in seconds: a bounded window of recent samples (for
     # percentiles) and cumulative buckets of every sample since start (the Prometheus histogram)
     latency: deque[float] = field(default_factory=lambda: deque(maxlen=10_000), repr=False)

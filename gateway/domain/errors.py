@@ -15,6 +15,17 @@ class ConfigError(GatewayError):
         self.problems = problems
 
 
+class SiteConfigFault(GatewayError):
+    """The running gateway found that a value of the site config cannot work (an address the protocol stack
+    refuses, a port another process holds). Not restarted: it names the config path and what is wrong, and
+    the gateway stops at once with exit code 2, without a traceback."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
 class DeviceError(GatewayError):
     """A device could not be read or written. Subclasses say why, so callers can react by class."""
 

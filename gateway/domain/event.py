@@ -99,6 +99,9 @@ class Event(_Model):
     occurred_at: Timestamp = Field(description="device time when given, else detection time")
     detected_at: Timestamp = Field(description="when the gateway saw it")
     buffered: bool = Field(False, description="delivered late (held back during an outage)")
+    redelivered: bool = Field(
+        False, description="published again: unconfirmed by the receiving side in time, or replayed on request"
+    )
     commissioning: bool = Field(False, description="point or site in test mode")
     credential: Credential | None = None
     notification: Notification | None = None

@@ -13,7 +13,7 @@ import os
 import random
 import socket
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiomqtt
@@ -86,7 +86,7 @@ class ClientFactory:
 
     mqtt: MqttConfig
     tls: ssl.SSLContext | None
-    password: str | None
+    password: str | None = field(repr=False)  # never in a repr, a log line or a traceback
 
     @classmethod
     def of(cls, mqtt: MqttConfig) -> ClientFactory:

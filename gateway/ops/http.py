@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import structlog
 
 from gateway.core.lifecycle import TaskStatus
+from gateway.domain.errors import SiteConfigFault
 
 log = structlog.get_logger(__name__)
 
@@ -50,7 +51,14 @@ class OperatorServer:
 
     async def serve(self, task_status: TaskStatus[int] | None = None) -> None:
         """Serve until cancelled; reports the bound port through `task_status` (gateway.core.lifecycle)."""
-        server = await asyncio.start_server(self._handle, self._host, self._port)
+        try:
+            server = await asyncio.start_server(self._handle, self._host, self._port)
+        except OSError as exc:  # e.g. EADDRINUSE: a second gateway on this host with the same metrics port
+            raise SiteConfigFault(
+                "metrics.port",
+                f"cannot listen on {self._host}:{self._port}: {exc.strerror or exc}"
+                " (every gateway on one host needs its own metrics.port)",
+            ) from None
         self.port = int(server.sockets[0].getsockname()[1])
         log.info("operator endpoints listening", url=f"http://{self._host}:{self.port}/metrics")
         if task_status is not None:

@@ -1,7 +1,10 @@
 """structlog, configured once per process: JSON lines for journald/log shippers, a readable console on a TTY.
 
 Secrets never reach a log line: configs hold only file paths or variable names for passwords, and the
-`_redact` processor blanks any key that looks like a secret should one be passed by mistake.
+`_redact` processor blanks any key that looks like a secret should one be passed by mistake. Tracebacks are
+plain text (exception, file, line) in both renderers, never with the frames' local variables: structlog's
+console default (rich, when installed) prints every local, and a local such as the MQTT `ClientFactory`
+holds the password read from `password_file` / `password_env`.
 """
 
 from __future__ import annotations
@@ -34,7 +37,11 @@ def configure_logging(level: str = "info", *, json: bool | None = None, stream: 
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _redact,
     ]
-    renderer: Any = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+    )
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer] if as_json else [*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

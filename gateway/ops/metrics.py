@@ -44,6 +44,7 @@ class Sources:
     device_online: Callable[[str], bool | None] = lambda _device: None
     accepted: Callable[[], int] = lambda: 0
     restarts: Mapping[str, int] = field(default_factory=dict)
+    up: Mapping[str, bool] = field(default_factory=dict)  # supervised components running right now
     components: Sequence[str] = ()
     adapters: Sequence[DeviceMetrics] = ()
     delivery: DeliveryStats | None = None
@@ -80,9 +81,16 @@ class GatewayCollector:
             "Crashes of a supervised component that were restarted",
             labels=["site", "component"],
         )
+        up = GaugeMetricFamily(
+            "gcmk_component_up",
+            "1 while a supervised component runs, 0 while it is down or restarting",
+            labels=["site", "component"],
+        )
         for name in sorted({*src.components, *src.restarts}):
             restarts.add_metric([site, name], src.restarts.get(name, 0))
+            up.add_metric([site, name], 1.0 if src.up.get(name, False) else 0.0)
         yield restarts
+        yield up
 
     # --- families ----------------------------------------------------------------------------------------
 
@@ -182,14 +190,18 @@ class GatewayCollector:
         yield _counter("gcmk_events_published", "Events acknowledged by the broker (PUBACK)", site, stats.published)
         yield _counter("gcmk_events_shed", "Info events shed at the journal's disk bound", site, stats.shed)
         yield _gauge(
-            "gcmk_journal_depth", "Journaled events not yet acknowledged by the broker", site, stats.journal_depth
+            "gcmk_journal_depth",
+            "Journaled events not yet delivered (unconfirmed by the receivers; with confirm: broker, no PUBACK)",
+            site,
+            stats.journal_depth,
         )
         yield _gauge(
             "gcmk_journal_oldest_undelivered_age_seconds",
-            "Age of the oldest event not yet acknowledged (0 when none)",
+            "Age of the oldest event not yet delivered (0 when none)",
             site,
             self._oldest_age(stats),
         )
+        yield from _confirmation_metrics(site, stats)
         yield _counter("gcmk_journal_commits", "Journal transactions", site, stats.commits)
         yield _gauge("gcmk_journal_last_seq", "Highest seq assigned", site, stats.last_seq)
         yield _gauge("gcmk_mqtt_connected", "1 while the MQTT session is up", site, float(stats.connected))
@@ -197,6 +209,28 @@ class GatewayCollector:
         yield _counter("gcmk_mqtt_reconnects", "Successful MQTT connections after the first", site, stats.reconnects)
         yield _counter("gcmk_mqtt_connect_errors", "Failed MQTT connection attempts", site, stats.connect_errors)
         yield _counter("gcmk_mqtt_publish_errors", "Publishes that failed or timed out", site, stats.publish_errors)
+        for name, doc, counts in (
+            ("gcmk_mqtt_connect_refused", "Connections the broker refused (CONNACK), by reason", stats.connect_refused),
+            (
+                "gcmk_mqtt_publish_refused",
+                "Publishes the broker refused (PUBACK reason code >= 0x80, or closing the connection before the"
+                " PUBACK), by reason; the event stays in the journal and is sent again",
+                stats.publish_refused,
+            ),
+        ):
+            refusals = CounterMetricFamily(name, doc, labels=["site", "reason"])
+            for reason, n in sorted(counts.items()):
+                refusals.add_metric([site, reason], n)
+            yield refusals
+        refused = GaugeMetricFamily(
+            "gcmk_mqtt_refused",
+            "1 while the broker refuses the gateway: stage connect (the last CONNACK a refusal) or publish"
+            " (a refused topic not accepted since)",
+            labels=["site", "stage"],
+        )
+        refused.add_metric([site, "connect"], float(stats.refused_connect))
+        refused.add_metric([site, "publish"], float(bool(stats.refused_topics)))
+        yield refused
         yield _counter("gcmk_mqtt_heartbeats", "Heartbeats published", site, stats.heartbeats)
         yield _counter("gcmk_mqtt_states_published", "Retained point states acknowledged", site, stats.published_states)
         latency = HistogramMetricFamily(
@@ -204,6 +238,33 @@ class GatewayCollector:
         )
         _add_histogram(latency, [site], stats.latency_buckets)
         yield latency
+
+
+def _confirmation_metrics(site: str, stats: DeliveryStats) -> Iterator[Metric]:
+    yield _gauge(
+        "gcmk_delivery_published_seq", "Highest seq the broker acknowledged (PUBACK)", site, stats.published_seq
+    )
+    yield _gauge(
+        "gcmk_delivery_confirmed_seq",
+        "Every seq up to this one is confirmed by all required receivers",
+        site,
+        stats.confirmed_seq,
+    )
+    yield _counter("gcmk_events_confirmed", "Events delivered by the receivers' confirmations", site, stats.confirmed)
+    yield _counter("gcmk_confirmations", "Confirmation documents applied", site, stats.confirmations)
+    yield _counter(
+        "gcmk_confirmations_invalid",
+        "Confirmations ignored: unparsable, of another site, or from a receiver not in delivery.receivers",
+        site,
+        stats.confirmations_invalid,
+    )
+    yield _counter(
+        "gcmk_events_redelivered",
+        "Events published again: unconfirmed within the confirm timeout, or replayed on request",
+        site,
+        stats.redelivered,
+    )
+    yield _counter("gcmk_replays", "Replay requests served", site, stats.replays)
 
 
 def _counter(name: str, doc: str, site: str, value: float) -> CounterMetricFamily:

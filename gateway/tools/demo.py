@@ -28,7 +28,8 @@ from ruamel.yaml import YAML
 
 from gateway.config.loader import load_site
 from gateway.config.models import SiteConfig
-from gateway.tools.receiver import Notice, ReceiverState, print_notice, receive
+from gateway.tools.receiver import Notice, ReceiverState, print_notice
+from gateway.tools.receiver_link import ReceiverOptions, receive
 from simulators.scenario import SCENARIOS, Expected, Scenario, load_scenario
 
 log = structlog.get_logger(__name__)
@@ -102,7 +103,7 @@ class Console:
             devices = f"{hb.devices_online}/{hb.devices_total}" if hb else "-"
             status = "LOST" if view.lost else (view.status.status if view.status else "?")
             lines.append(
-                f"{name:<14} {status:<8} {devices:>8} {view.events:>7} {max(view.seqs, default=0):>8} "
+                f"{name:<14} {status:<8} {devices:>8} {view.events:>7} {view.seqs.highest:>8} "
                 f"{len(view.in_alarm):>8}"
             )
         return "\n".join(lines)
@@ -181,7 +182,8 @@ async def run_demo(
         console = Console(state, as_json=as_json)
         receiver_stop = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(receive(broker_url, state, console, stop=receiver_stop))
+            options = ReceiverOptions(identifier="meldkamer", state_dir=work / "receiver")
+            tg.create_task(receive(broker_url, state, console, stop=receiver_stop, options=options))
             for b in buildings:
                 b.gateway = await _spawn(
                     [

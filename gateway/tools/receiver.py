@@ -1,34 +1,30 @@
 """The meldkamer-side reference receiver: what a control room must check on every message it gets.
 
 `ReceiverState` is pure (messages and clock readings in, notices out) so tests can feed it crafted
-streams; `receive()` connects it to a broker. Per site it validates events against `gcmk.event.v1`,
-de-duplicates by event_id (QoS 1 may deliver twice), finds seq gaps (tolerating reordering: live alarms
-may overtake a draining backlog), tracks the retained status and the heartbeat, and declares a site lost
-when its heartbeats stop for longer than `lost_after` or its status turns offline.
+streams. Per site it validates events against `gcmk.event.v1`, de-duplicates by seq (QoS 1 and
+re-publication may deliver an event twice; seq is unique per site, so the window is the tracker's, not a
+set of every id ever seen), finds seq gaps in O(gaps) (tolerating reordering: live alarms may overtake a
+draining backlog), tracks the retained status and the heartbeat, and declares a site lost when its
+heartbeats stop for longer than `lost_after` or its status turns offline. `gateway.tools.receiver_link`
+connects it to a broker, stores what it receives and confirms it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import statistics
-import time
-import uuid
-from collections.abc import Callable
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
-import aiomqtt
-import structlog
 from pydantic import ValidationError
 
 from gateway.delivery.contract import ROOT, HeartbeatDoc, PointStateDoc, StatusDoc
-from gateway.domain.event import Event, utcnow
+from gateway.domain.event import Event
+from gateway.tools.seqtrack import SeqTracker
 
-log = structlog.get_logger(__name__)
+LATENCY_SAMPLES = 10_000  # per site: the latest, for p50 / p99 (bounded memory)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,23 +48,27 @@ class SiteView:
     duplicates: int = 0
     invalid: int = 0
     buffered: int = 0
-    seqs: set[int] = field(default_factory=set)
-    latencies_ms: list[float] = field(default_factory=list)
+    redelivered: int = 0
+    seqs: SeqTracker = field(default_factory=SeqTracker)
+    first_seq: int | None = None  # the lowest seq received (the receiver may start mid-stream)
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
     in_alarm: dict[str, str] = field(default_factory=dict)  # point id -> condition, from retained state
 
     def missing_seqs(self) -> list[int]:
-        """Seqs absent between the lowest and the highest seen (the receiver may start mid-stream)."""
-        if not self.seqs:
-            return []
-        return sorted(set(range(min(self.seqs), max(self.seqs) + 1)) - self.seqs)
+        """Seqs absent between the lowest received and the highest received."""
+        low = self.first_seq or 1
+        return [seq for seq in self.seqs.missing() if seq >= low]
 
 
 class ReceiverState:
-    def __init__(self, *, lost_after: float = 15.0, site: str | None = None) -> None:
+    def __init__(
+        self, *, lost_after: float = 15.0, site: str | None = None, positions: dict[str, SeqTracker] | None = None
+    ) -> None:
         self.lost_after = lost_after
         self.site_filter = site
         self.sites: dict[str, SiteView] = {}
-        self._seen_ids: set[str] = set()
+        for name, tracker in (positions or {}).items():  # resumed from the receiver's store
+            self.view(name).seqs = tracker
         self.unparsable = 0
 
     def view(self, site: str) -> SiteView:
@@ -103,15 +103,15 @@ class ReceiverState:
         event = Event.model_validate_json(payload)
         if event.site != view.site:
             raise ValueError(f"event of site '{event.site}' on the topic of '{view.site}'")
-        key = str(event.event_id)
-        if key in self._seen_ids:
+        if event.seq is None:
+            raise ValueError("event without seq")
+        if not view.seqs.add(event.seq):
             view.duplicates += 1
             return [Notice("duplicate", view.site, f"duplicate of seq {event.seq}", event)]
-        self._seen_ids.add(key)
+        view.first_seq = event.seq if view.first_seq is None else min(view.first_seq, event.seq)
         view.events += 1
         view.buffered += event.buffered
-        if event.seq is not None:
-            view.seqs.add(event.seq)
+        view.redelivered += event.redelivered
         view.latencies_ms.append((received - event.detected_at).total_seconds() * 1000)
         return [Notice("event", view.site, describe(event), event)]
 
@@ -169,8 +169,9 @@ class ReceiverState:
                 "duplicates": view.duplicates,
                 "invalid": view.invalid,
                 "buffered": view.buffered,
-                "seq_first": min(view.seqs, default=None),
-                "seq_last": max(view.seqs, default=None),
+                "redelivered": view.redelivered,
+                "seq_first": view.first_seq,
+                "seq_last": view.seqs.highest or None,
                 "seq_gaps": view.missing_seqs(),
                 "status": view.status.status if view.status else None,
                 "lost": view.lost,
@@ -199,63 +200,6 @@ def describe(event: Event) -> str:
     where = f"{event.point.name} ({event.point.id})"
     late = " [buffered]" if event.buffered else ""
     return f"#{event.seq} P{event.priority} {event.type.value} {event.state.value}: {where}{late}"
-
-
-async def receive(
-    broker_url: str,
-    state: ReceiverState,
-    on_notice: Callable[[Notice], None],
-    *,
-    stop: asyncio.Event,
-    ca_file: str | None = None,
-) -> None:
-    """Subscribe to the contract's topics and feed `state` until `stop` is set; reconnects on failure."""
-    url = urlsplit(broker_url)
-    site = state.site_filter or "+"
-    topics = [f"{ROOT}/{site}/events/#", f"{ROOT}/{site}/status", f"{ROOT}/{site}/heartbeat", f"{ROOT}/{site}/state/#"]
-    tls: aiomqtt.TLSParameters | None = aiomqtt.TLSParameters(ca_certs=ca_file) if url.scheme == "mqtts" else None
-    client = aiomqtt.Client(
-        url.hostname or "127.0.0.1",
-        url.port or (8883 if tls else 1883),
-        identifier=f"gcmk-receiver-{uuid.uuid4().hex[:8]}",
-        tls_params=tls,
-        keepalive=10,
-    )
-    async with asyncio.TaskGroup() as tg:
-        tg.create_task(_watch_heartbeats(state, on_notice, stop))
-        consumer = tg.create_task(_consume(client, topics, state, on_notice))
-        await stop.wait()
-        consumer.cancel()
-
-
-async def _consume(
-    client: aiomqtt.Client, topics: list[str], state: ReceiverState, on_notice: Callable[[Notice], None]
-) -> None:
-    backoff = 0.2
-    while True:
-        try:
-            async with client:
-                for topic in topics:
-                    await client.subscribe(topic, qos=1)
-                backoff = 0.2
-                async for message in client.messages:
-                    payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-                    for notice in state.on_message(
-                        str(message.topic), payload, received=utcnow(), mono=time.monotonic()
-                    ):
-                        on_notice(notice)
-        except aiomqtt.MqttError as exc:
-            log.warning("receiver connection lost; reconnecting", error=str(exc), in_s=backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
-
-
-async def _watch_heartbeats(state: ReceiverState, on_notice: Callable[[Notice], None], stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        for notice in state.check(time.monotonic()):
-            on_notice(notice)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=0.5)
 
 
 def print_notice(notice: Notice, *, as_json: bool) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 import structlog
@@ -29,6 +29,7 @@ from bacpypes3.apdu import (
     ConfirmedEventNotificationRequest,
     ConfirmedRequestPDU,
     Error,
+    ErrorRejectAbortNack,
     GetEventInformationACK,
     GetEventInformationRequest,
     SimpleAckPDU,
@@ -48,10 +49,12 @@ from bacpypes3.basetypes import (
     NotificationParametersChangeOfState,
     PropertyIdentifier,
     PropertyStates,
+    PropertyValue,
     Recipient,
     StatusFlags,
     TimeStamp,
 )
+from bacpypes3.constructeddata import Any as AnyValue
 from bacpypes3.errors import ExecutionError, ObjectError, ServicesError
 from bacpypes3.local.device import DeviceObject
 from bacpypes3.local.networkport import NetworkPortObject
@@ -185,6 +188,7 @@ class _SimApplication(Application):  # type: ignore[misc]
         record.acked[index] = 1
         self.sim.mirror(record)
         self.sim.acks.append((record.point.id, str(apdu.acknowledgmentSource), str(apdu.eventStateAcknowledged)))
+        self.sim.ack_times.append(apdu.timeOfAcknowledgment)
         await self.response(SimpleAckPDU(context=apdu))
 
     async def do_GetEventInformationRequest(self, apdu: GetEventInformationRequest) -> None:
@@ -233,7 +237,13 @@ class SimDevice:
         segmentation: str = "segmented-both",
         max_in_flight: int = MAX_IN_FLIGHT,
         apdu_timeout: float = 1.0,
+        zone: tzinfo = UTC,
+        utc_offset: int | None = None,
+        daylight_savings_status: bool | None = None,
     ) -> None:
+        """`zone`: what the device's clock runs on (a panel stamps local time without a zone);
+        `utc_offset`, `daylight_savings_status`: its Device object's UTC_Offset (minutes, positive west of
+        UTC) and Daylight_Savings_Status, absent when None (both are optional properties)."""
         self.device = device
         self.points = points
         self.recipient = recipient
@@ -244,6 +254,9 @@ class SimDevice:
         self.segmentation = segmentation  # "no-segmentation": an answer too big for one APDU is aborted
         self.max_in_flight = max_in_flight
         self.apdu_timeout = apdu_timeout  # seconds before it retries a confirmed request (3 retries)
+        self.zone = zone
+        self.utc_offset = utc_offset
+        self.daylight_savings_status = daylight_savings_status
         self.refuse_cov = False
         self.silent = False
         self.delay = 0.0  # "slow": every answer to a request waits this long
@@ -252,6 +265,7 @@ class SimDevice:
         self.objects: dict[str, Any] = {}  # "binary-input,1" -> local object
         self.events: dict[Any, EventRecord] = {}  # ObjectIdentifier -> record
         self.acks: list[tuple[str, str, str]] = []  # (point id, source, state) per AcknowledgeAlarm
+        self.ack_times: list[Any] = []  # the Time_Of_Acknowledgment TimeStamp per AcknowledgeAlarm
         self.notifications_sent = 0
         self.notifications_acked = 0  # confirmed notifications the recipient answered with a SimpleACK
         self.notifications_unconfirmed = 0  # event/COV notifications sent unconfirmed: too many unanswered
@@ -263,6 +277,11 @@ class SimDevice:
     # --- lifecycle ------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        clock: dict[str, Any] = {}
+        if self.utc_offset is not None:
+            clock["utcOffset"] = self.utc_offset
+        if self.daylight_savings_status is not None:
+            clock["daylightSavingsStatus"] = self.daylight_savings_status
         device_object = DeviceObject(
             objectIdentifier=("device", self.device.device_instance),
             objectName=f"sim-{self.device.id}",
@@ -270,6 +289,7 @@ class SimDevice:
             apduTimeout=round(self.apdu_timeout * 1000),
             numberOfApduRetries=3,
             segmentationSupported=self.segmentation,
+            **clock,
         )
         network_port = NetworkPortObject(
             "127.0.0.1:0", objectIdentifier=("network-port", 1), objectName="NetworkPort-1"
@@ -358,9 +378,37 @@ class SimDevice:
             obj.accessEvent = value
             obj.accessEventTag = tag
             obj.accessEventCredential = {"objectIdentifier": ("access-credential", credential or 0)}
-            obj.accessEventTime = TimeStamp(dateTime=DateTime(datetime.now(UTC).replace(tzinfo=None)))
+            obj.accessEventTime = TimeStamp(dateTime=DateTime(self.local_now()))
             return
         setattr(obj, attr_name(point.source.property), value)
+
+    def local_now(self) -> datetime:
+        """The device clock: local time in its zone, without a zone (as BACnet date-times are)."""
+        return datetime.now(self.zone).replace(tzinfo=None)
+
+    async def notify_cov(self, point: PointConfig, process_id: int, destination: tuple[str, int]) -> str:
+        """Send one confirmed COV notification of the point's object (present-value, status-flags) to
+        `destination` under `process_id`, as a subscription of that id would; returns 'ack' or the error code
+        of the answer (e.g. 'unknown-subscription' from a gateway that holds no such subscription)."""
+        assert self._app is not None
+        obj = self.object_of(point)
+        values = [
+            PropertyValue(propertyIdentifier=prop, value=AnyValue(getattr(obj, attr_name(prop))))
+            for prop in ("present-value", "status-flags")
+        ]
+        request = ConfirmedCOVNotificationRequest(
+            subscriberProcessIdentifier=process_id,
+            initiatingDeviceIdentifier=ObjectIdentifier(("device", self.device.device_instance)),
+            monitoredObjectIdentifier=obj.objectIdentifier,
+            timeRemaining=60,
+            listOfValues=values,
+            destination=Address(f"{destination[0]}:{destination[1]}"),
+        )
+        try:
+            await self._app.request(request)
+        except ErrorRejectAbortNack as exc:  # a BaseException
+            return str(getattr(exc, "errorCode", None) or getattr(exc, "apduAbortRejectReason", None) or exc)
+        return "ack"
 
     def read_raw(self, point: PointConfig) -> RawValue:
         assert isinstance(point.source, BacnetSource)
@@ -399,7 +447,7 @@ class SimDevice:
             return
         old_state, record.state = record.state, new_state
         index = transition_index(new_state)
-        stamp = TimeStamp(dateTime=DateTime(datetime.now(UTC).replace(tzinfo=None)))
+        stamp = TimeStamp(dateTime=DateTime(self.local_now()))
         record.stamps[index] = stamp
         ack_required = self.ack_required[index]
         record.acked[index] = 0 if ack_required else 1

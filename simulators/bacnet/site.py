@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from gateway.config.models import BacnetDevice, PointConfig, SiteConfig
 from gateway.domain.values import RawValue
@@ -33,7 +34,8 @@ class BacnetSiteSimulator:
     ) -> None:
         """`event_reporting=False`: no recipient, so no event notifications (COV and reads only).
         `device_options` go to every SimDevice (page_size, priorities, ack_required, confirmed_notifications,
-        segmentation, max_in_flight, apdu_timeout).
+        segmentation, max_in_flight, apdu_timeout, zone, utc_offset, daylight_savings_status). Each device's
+        clock runs on its configured time zone (the device's timezone:, else the site's) unless `zone` is given.
         """
         self.site = site
         self.event_reporting = event_reporting
@@ -49,7 +51,8 @@ class BacnetSiteSimulator:
         for device in self.site.devices:
             if isinstance(device, BacnetDevice):
                 recipient = ("127.0.0.1", self.gateway_port) if self.event_reporting else None
-                sim = SimDevice(device, self.site.points_of(device.id), recipient, **self._options)
+                options = {"zone": ZoneInfo(device.timezone or self.site.site.timezone), **self._options}
+                sim = SimDevice(device, self.site.points_of(device.id), recipient, **options)
                 await sim.start()
                 self.devices[device.id] = sim
 
@@ -83,6 +86,12 @@ class BacnetSiteSimulator:
         sim, point = self._device_of(point_id)
         sim.set_raw(point, access_event, credential=credential)
         await asyncio.sleep(0)  # let bacpypes3's COV detection (call_soon) report this occurrence on its own
+
+    async def notify_cov(self, point_id: str, process_id: int) -> str:
+        """A confirmed COV notification of the point's object to the gateway under `process_id` (as from a
+        subscription an earlier gateway run left); 'ack' or the gateway's error code."""
+        sim, point = self._device_of(point_id)
+        return await sim.notify_cov(point, process_id, ("127.0.0.1", self.gateway_port))
 
     async def raise_alarm(self, point_id: str) -> None:
         point = self._points[point_id]

@@ -31,12 +31,14 @@ SITE = "test-site"
 
 
 def site_config(data_dir: Path, url: str, **mqtt: Any) -> SiteConfig:
-    """A one-device site whose MQTT section points at `url` (plain urls get insecure: true)."""
+    """A one-device site whose MQTT section points at `url` (plain urls get insecure: true). Delivery is
+    `confirm: broker` unless a `delivery` section says otherwise: these tests are about the broker path."""
     mqtt_section: dict[str, Any] = {"url": url, "keepalive": 5}
     if url.startswith("mqtt://"):
         mqtt_section["insecure"] = True
     journal = mqtt.pop("journal", {})
     supervision = mqtt.pop("supervision", {})
+    delivery = mqtt.pop("delivery", {"confirm": "broker"})
     mqtt_section.update(mqtt)
     return SiteConfig.model_validate(
         {
@@ -47,6 +49,7 @@ def site_config(data_dir: Path, url: str, **mqtt: Any) -> SiteConfig:
             "mqtt": mqtt_section,
             "supervision": supervision,
             "journal": {"data_dir": str(data_dir), **journal},
+            "delivery": delivery,
             "devices": [{"protocol": "modbus", "id": "panel-1", "name": "Centrale", "host": "127.0.0.1"}],
             "points": [
                 {
@@ -188,14 +191,18 @@ def _session_props() -> Any:
 
 
 async def _generate(sink: Any, rate: float, stop: asyncio.Event, count: int | None) -> None:
-    """Hands events to the sink at `rate` per second (in small batches) until stopped or `count` reached."""
+    """Hands events to the sink at `rate` per second (in small batches) until stopped or `count` reached.
+    Prints `accepted <event_id>` (flushed) for every event `accept` acknowledged: the test's record of what
+    the gateway promised to deliver, whatever happens to the process afterwards."""
     n = 0
     loop = asyncio.get_running_loop()
     start = loop.time()
     while not stop.is_set() and (count is None or n < count):
         batch = Batch(events=tuple(make_event(n + i) for i in range(5)))
         n += 5
-        await sink.accept(batch)
+        accepted = await sink.accept(batch)
+        sys.stdout.write("".join(f"accepted {e.event_id}\n" for e in accepted))
+        sys.stdout.flush()
         delay = start + n / rate - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -213,8 +220,9 @@ async def _serve(site: SiteConfig, rate: float, count: int | None) -> None:
     print("ready", flush=True)
     try:
         await _generate(sink, rate, stop, count)
-        if count is not None:  # a bounded run: deliver everything, then stop cleanly
+        if count is not None:  # a bounded run: deliver everything (confirmed, or PUBACKed), then stop cleanly
             await asyncio.wait_for(sink.outbox.drained(), 60)
+            await wait_until(lambda: sink.stats.journal_depth == 0, 60, what="everything delivered")
         else:
             await stop.wait()
     finally:

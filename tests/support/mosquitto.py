@@ -1,7 +1,7 @@
 """A real Mosquitto broker for tests: own config, free 127.0.0.1 port, persistence in a tmp dir.
 
 Why: the delivery tests must stop and restart the broker (and other tests must not share a broker that
-may already run on :1883), so every test starts its own `/usr/sbin/mosquitto`.
+may already run on :1883), so every test starts its own `mosquitto` (see MOSQUITTO below).
 
 Usage::
 
@@ -39,7 +39,11 @@ from types import TracebackType
 
 import pytest
 
-MOSQUITTO = os.environ.get("GCMK_MOSQUITTO", "/usr/sbin/mosquitto")
+from tests.support.ci import tool_missing
+
+# GCMK_MOSQUITTO, else `mosquitto` on PATH, else where Debian puts it (/usr/sbin is not on every PATH); the same
+# lookup as .ci/run, which installs it when none is found.
+MOSQUITTO = os.environ.get("GCMK_MOSQUITTO") or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 HOST = "127.0.0.1"
 
 
@@ -158,7 +162,7 @@ class Mosquitto:
         if self.running:
             return
         if shutil.which(MOSQUITTO) is None:
-            pytest.skip(f"mosquitto not installed at {MOSQUITTO}")
+            tool_missing(f"mosquitto ({MOSQUITTO})", "apt-get install -y mosquitto, or GCMK_MOSQUITTO=PATH")
         config = self.workdir / "mosquitto.conf"
         config.write_text(self.config_text())
         log = self.log_file.open("ab")

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 
-import pytest
+from tests.support.ci import tool_missing
 
 
 def promtool() -> str:
-    """The promtool binary (Debian package `prometheus`); skipped only outside CI when it is missing."""
+    """The promtool binary (Debian package `prometheus`); when it is missing the test is skipped, or fails under
+    CI=true (tests/support/ci.py)."""
     found = shutil.which("promtool")
     if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool missing: apt-get install -y prometheus")
-        pytest.skip("promtool not installed (apt-get install -y prometheus)")
+        tool_missing("promtool", "apt-get install -y prometheus")
     return found

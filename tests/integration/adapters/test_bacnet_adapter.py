@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from zoneinfo import ZoneInfo
+
 import pytest
 
 from gateway.domain.errors import ConfigurationFault, VerificationFailed
@@ -45,9 +47,9 @@ async def test_event_notification_carries_device_time_stamp_and_priority() -> No
             assert reading.notification.notification_class == 1
             stamp = record.stamps[0].dateTime
             assert reading.occurred_at is not None
-            assert (reading.occurred_at.hour, reading.occurred_at.minute, reading.occurred_at.second) == tuple(
-                stamp.time
-            )[:3]
+            # the device stamps local time (its clock runs on the site's zone): occurred_at is that moment in UTC
+            local = reading.occurred_at.astimezone(ZoneInfo(site.site.timezone))
+            assert (local.hour, local.minute, local.second) == tuple(stamp.time)[:3]
             assert reading.occurred_at.microsecond == stamp.time[3] * 10_000
 
 

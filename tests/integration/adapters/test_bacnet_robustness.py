@@ -32,8 +32,9 @@ async def test_resync_read_overtaken_by_alarm_notification_reports_no_false_rest
         await sim.inject("d1", Fault("slow", delay=1.0))
         sink = CollectingReadings()
         async with running(site, sink) as adapter:
-            # the resync's read of det1 has reached the device: it answers `inactive`, 1 s from now
-            await sink.wait_for(lambda: device.requests["ReadPropertyMultipleRequest"] >= 1)
+            # the resync's read of det1 has reached the device: it answers `inactive`, 1 s from now (the first
+            # ReadPropertyMultiple of a resync reads the device clock: UTC_Offset, Daylight_Savings_Status)
+            await sink.wait_for(lambda: device.requests["ReadPropertyMultipleRequest"] >= 2)
             await sim.raise_alarm("det1")
             alarm = await sink.wait_reading("det1", "active")
             assert alarm.notification is not None  # the event notification overtook the read's answer

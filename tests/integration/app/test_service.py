@@ -26,11 +26,14 @@ class ScriptedAdapter:
 
     name = "scripted"
 
-    def __init__(self, readings: list[tuple[str, object]], crashes: int = 0) -> None:
+    def __init__(
+        self, readings: list[tuple[str, object]], crashes: int = 0, log: list[str] | None = None
+    ) -> None:
         self.readings = readings
         self.crashes = crashes
         self.runs = 0
         self.cancelled = False
+        self.log = log if log is not None else []  # "adapter cancelled" once its cancellation has arrived
 
     async def run(self, sink: ReadingSink) -> None:
         self.runs += 1
@@ -42,6 +45,7 @@ class ScriptedAdapter:
             await asyncio.Future()
         except asyncio.CancelledError:
             self.cancelled = True
+            self.log.append("adapter cancelled")
             raise
 
 
@@ -93,16 +97,29 @@ async def test_an_adapter_that_returns_is_treated_as_crashed() -> None:
     assert info.group_contains(ComponentFailed, match="returned unexpectedly")
 
 
+class LoggingSink(CollectingSink):
+    """A CollectingSink that writes its close into a log shared with the adapters."""
+
+    def __init__(self, log: list[str]) -> None:
+        super().__init__()
+        self.log = log
+
+    async def close(self) -> None:
+        self.log.append("sink closed")
+        await super().close()
+
+
 async def test_stop_cancels_adapters_before_closing_the_sink() -> None:
-    sink = CollectingSink()
-    adapter = ScriptedAdapter([])
+    log: list[str] = []  # one ordered record of both steps
+    sink = LoggingSink(log)
+    adapter = ScriptedAdapter([], log=log)
     gateway = Gateway(minimal_site(), sink, [adapter])
     task = asyncio.create_task(gateway.run())
     await asyncio.wait_for(gateway.started.wait(), 5)
     await wait_until(lambda: adapter.runs == 1)
     gateway.stop()
     await asyncio.wait_for(task, 10)
-    assert adapter.cancelled
+    assert log == ["adapter cancelled", "sink closed"], "the adapters must have stopped before the sink closes"
     assert sink.calls == ["run", "close"]
 
 

@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import os
+import re
 import socket
 import ssl
+import stat
 import time
-import types
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,9 +19,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
 
+from gateway.app.service import Gateway
+from gateway.app.wiring import build_commands
 from gateway.config.models import SiteConfig
 from gateway.delivery.journal import Journal, JournalError
 from gateway.delivery.publisher import Publisher
@@ -164,6 +167,7 @@ async def test_status_online_offline_and_heartbeats(tmp_path: Path, mosquitto: M
     beat = beats[-1].json()
     assert beat["last_seq"] == 1 and beat["journal_depth"] == 0 and beat["oldest_undelivered_age"] is None
     assert (beat["devices_online"], beat["devices_total"]) == (3, 4)
+    assert (beat["inputs_ok"], beat["journal_ok"]) == (True, True)
     assert beats[-1].properties.MessageExpiryInterval > 0
     assert collector.on("/status")[-1].json()["status"] == "offline"
     # A meldkamer connecting later sees the retained documents at once.
@@ -364,83 +368,64 @@ async def test_journal_writable_turns_false_on_a_failed_commit_and_when_closed(
     assert not sink.journal_writable, "closed"
 
 
-async def test_publisher_socket_has_tcp_nodelay(tmp_path: Path, mosquitto: Mosquitto) -> None:
-    """paho leaves Nagle on; with it a small PUBLISH can wait ~40 ms for the ACK of the previous one."""
-    sink = sink_for(site_config(tmp_path / "journal", mosquitto.url))
-    async with running(sink=sink):
-        await wait_until(lambda: sink.stats.connected, 10, what="connected")
-        client = sink.publisher.client
-        assert client is not None
-        sock = client._client.socket()
-        assert isinstance(sock, socket.socket)
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+def _tcp_nodelay_of_connections_to(port: int) -> dict[int, int]:
+    """This process's TCP connections to 127.0.0.1:`port`, read from the kernel (a duplicate of each open file
+    descriptor), not through the MQTT library: {local port: the socket's TCP_NODELAY option}."""
+    found: dict[int, int] = {}
+    for name in os.listdir("/dev/fd"):
+        try:
+            if not stat.S_ISSOCK(os.fstat(int(name)).st_mode):
+                continue
+            sock = socket.socket(fileno=os.dup(int(name)))
+        except OSError:  # the descriptor listdir itself used, closed by now
+            continue
+        with sock:
+            if sock.family != socket.AF_INET or sock.type != socket.SOCK_STREAM:
+                continue
+            try:
+                peer = sock.getpeername()
+            except OSError:  # not connected (a listener)
+                continue
+            if peer == ("127.0.0.1", port):
+                found[sock.getsockname()[1]] = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    return found
 
 
-async def test_test_broker_answers_without_nagle_delay(mosquitto: Mosquitto) -> None:
-    """The broker side of TCP_NODELAY (`set_tcp_nodelay true`, as docs/operations.md asks of production):
-    an echo through the broker between two NODELAY clients takes well under a millisecond; with Nagle on the
-    broker's sockets it takes ~44 ms (bench/bench_commands.py). 20 round trips, median < 20 ms."""
-    from gateway.mqtt.client import NODELAY
-
-    async with (
-        aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="ping", socket_options=NODELAY) as ping,
-        aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="pong", socket_options=NODELAY) as pong,
-    ):
-        await pong.subscribe("t/ping", qos=1)
-        await ping.subscribe("t/pong", qos=1)
-
-        async def echo() -> None:
-            async for message in pong.messages:
-                await pong.publish("t/pong", message.payload, qos=1)
-
-        async with asyncio.TaskGroup() as tg:
-            echoing = tg.create_task(echo())
-            rtts = []
-            replies = aiter(ping.messages)
-            for i in range(20):
-                start = time.perf_counter()
-                await ping.publish("t/ping", str(i), qos=1)
-                await asyncio.wait_for(anext(replies), 5)
-                rtts.append(time.perf_counter() - start)
-            echoing.cancel()
-    assert sorted(rtts)[len(rtts) // 2] < 0.020, f"median echo {sorted(rtts)[10] * 1e3:.1f} ms"
+def _client_ports(broker: Mosquitto) -> dict[str, int]:
+    """{client id: its local port} of the latest connection of each client, from the broker's log."""
+    pattern = r"New client connected from 127\.0\.0\.1:(\d+) as (\S+) "
+    return {client: int(port) for port, client in re.findall(pattern, broker.log_file.read_text())}
 
 
-class _FakePaho:
-    """Stands in paho's client under aiomqtt: records publishes, hands out message ids."""
+async def test_the_gateway_mqtt_connections_have_tcp_nodelay(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """paho leaves Nagle on; with it a small PUBLISH can wait ~40 ms for the ACK of the previous one. Both MQTT
+    connections of a gateway, the publisher's and the command processor's, must set TCP_NODELAY (the broker's own
+    `set_tcp_nodelay` does nothing for the gateway's side). The broker's log names the client of each local port."""
+    site = site_config(tmp_path / "journal", mosquitto.url)
+    site = site.model_copy(update={"commands": site.commands.model_copy(update={"enabled": True}),
+                                   "metrics": site.metrics.model_copy(update={"port": 0})})
+    sink = sink_for(site)
+    commands = build_commands(site, [], sink)
+    assert commands is not None
+    gateway = Gateway(site, sink, [], commands=commands)
+    publisher_id, processor_id = site.client_id, f"{site.client_id}-cmd"
 
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str, int, bool]] = []
+    def connections() -> dict[str, int] | None:
+        ports, nodelay = _client_ports(mosquitto), _tcp_nodelay_of_connections_to(mosquitto.port)
+        clients = (publisher_id, processor_id)
+        if not all(client in ports and ports[client] in nodelay for client in clients):
+            return None
+        return {client: nodelay[ports[client]] for client in clients}
 
-    def publish(self, topic: str, payload: str, qos: int, retain: bool, properties: Any) -> Any:
-        self.sent.append((topic, payload, qos, retain))
-        return types.SimpleNamespace(rc=0, mid=len(self.sent))
-
-
-async def test_in_flight_window_completes_on_puback_and_times_out(tmp_path: Path) -> None:
-    """The publisher's window without a broker: aiomqtt's PUBACK handler (`_pending_publishes.pop(mid).set()`)
-    completes a message; a PUBACK overdue by the publish timeout fails the session."""
-    from gateway.delivery.outbox import Outgoing
-    from gateway.delivery.publisher import _Window
-
-    sink = sink_for(site_config(tmp_path / "journal", "mqtt://127.0.0.1:1"))
-    publisher = sink.publisher
-    client = types.SimpleNamespace(_client=_FakePaho(), _pending_publishes={})
-    window = _Window(publisher, client, 2)  # type: ignore[arg-type]
-    detected = time.time() - 1.0
-    for seq in (1, 2):
-        window.send(Outgoing(kind="event", topic="t", payload=f"{seq}", seq=seq, detected_at=detected))
-    assert window.free == 0 and [s[2:] for s in client._client.sent] == [(1, False), (1, False)]
-    client._pending_publishes.pop(1).set()  # what aiomqtt's on_publish does on the PUBACK of mid 1
-    assert window.free == 1 and sink.stats.published == 1 and sink.outbox.marks == [1]
-    assert sink.stats.latency_buckets.count == 1 and sink.stats.latency[0] >= 1.0
-    assert not window.overdue(10.0)
-    publisher._timeout = 0.3
-    with pytest.raises(aiomqtt.MqttError, match="timed out"):
-        await asyncio.wait_for(publisher._watchdog(window), 5)
-    assert sink.stats.publish_errors == 1
-    window.forget()
-    assert client._pending_publishes == {}, "a PUBACK after the session ended completes nothing"
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(gateway.run())
+        try:
+            await asyncio.wait_for(commands.subscribed.wait(), 10)
+            await wait_until(lambda: sink.stats.connected, 10, what="publisher connected")
+            seen = await wait_until(connections, 10, what="both gateway connections in the broker log and open here")
+        finally:
+            gateway.stop()
+    assert seen == {publisher_id: 1, processor_id: 1}, "TCP_NODELAY of the gateway's sockets (0 = Nagle on)"
 
 
 async def test_puback_marks_taken_by_a_cancelled_marker_still_reach_the_journal(tmp_path: Path) -> None:

@@ -124,6 +124,7 @@ def _doc(**site: Any) -> dict[str, Any]:
         ],
     )
     doc["metrics"] = {"listen": HOST, "port": 0}
+    doc["delivery"] = {"confirm": "broker"}  # no confirming receiver here: the PUBACK delivers
     doc.update(site)
     return doc
 

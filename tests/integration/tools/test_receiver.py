@@ -61,7 +61,9 @@ def test_invalid_events_are_counted_not_fatal() -> None:
 
 def _heartbeat(seq: int) -> str:
     return HeartbeatDoc(site="hoftoren", at=T0, interval=5, last_seq=seq, journal_depth=0,
-                        oldest_undelivered_age=None, devices_online=3, devices_total=3, info_shed=0).to_json()
+                        oldest_undelivered_age=None, published_seq=seq, confirmed_seq=seq, devices_online=3,
+                        devices_total=3, inputs_ok=True,
+                        journal_ok=True, info_shed=0).to_json()
 
 
 def test_a_site_whose_heartbeats_stop_is_lost_and_found_again() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 from bacpypes3.apdu import AbortPDU, Error, RejectPDU
@@ -19,7 +20,7 @@ from bacpypes3.basetypes import (
 )
 
 from adapters.bacnet.errors import guarded, translate
-from adapters.bacnet.values import event_new_value, time_stamp_datetime, time_stamp_text, to_raw
+from adapters.bacnet.values import DeviceClock, event_new_value, time_stamp_datetime, time_stamp_text, to_raw
 from gateway.domain.errors import ConfigurationFault, DeviceBusy, DeviceRejected, DeviceTimeout
 
 
@@ -30,13 +31,22 @@ def test_enumerations_become_their_names_and_numbers_stay_ints() -> None:
     assert to_raw(3) == 3
 
 
-def test_time_stamps() -> None:
+def test_time_stamps_are_local_time_of_the_device_clock() -> None:
     stamp = TimeStamp(dateTime=DateTime(datetime(2026, 3, 1, 12, 30, 5, 250000)))
-    assert time_stamp_datetime(stamp) == datetime(2026, 3, 1, 12, 30, 5, 250000, tzinfo=UTC)
-    assert time_stamp_text(stamp) == "2026-03-01T12:30:05.250000Z"
+    received = datetime(2026, 3, 1, 11, 30, 6, tzinfo=UTC)
+    amsterdam = DeviceClock(ZoneInfo("Europe/Amsterdam"))
+    # winter: CET, UTC+1
+    assert time_stamp_datetime(stamp, amsterdam, received) == datetime(2026, 3, 1, 11, 30, 5, 250000, tzinfo=UTC)
+    assert time_stamp_datetime(stamp, DeviceClock(UTC), received) == datetime(2026, 3, 1, 12, 30, 5, 250000, tzinfo=UTC)
+    assert time_stamp_text(stamp) == "2026-03-01T12:30:05.250000"  # as the device reported it: no zone
     sequence = TimeStamp(sequenceNumber=17)
-    assert time_stamp_datetime(sequence) is None  # no clock on the device: detection time applies
+    assert time_stamp_datetime(sequence, amsterdam, received) is None  # no clock on the device: detection time
     assert time_stamp_text(sequence) == "sequenceNumber:17"
+    time_only = TimeStamp(time=(12, 30, 5, 0))
+    assert time_stamp_datetime(time_only, amsterdam, received) is None
+    assert time_stamp_text(time_only) == "time:12:30:05.00"
+    unspecified = TimeStamp(dateTime=DateTime(date=(255, 255, 255, 255), time=(255, 255, 255, 255)))
+    assert time_stamp_datetime(unspecified, amsterdam, received) is None
 
 
 def test_event_values_give_the_new_state() -> None:

@@ -1,6 +1,6 @@
 """docs/asyncapi.yaml is the contract with the meldkamer: it must match what the code publishes.
 
-`.venv/bin/python -m tests.test_asyncapi --write` regenerates its components.schemas from the code.
+`.venv/bin/python -m tests.unit.delivery.test_asyncapi --write` regenerates its components.schemas from the code.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def generated_schemas() -> dict[str, Any]:
     rebase(defs)
     docs = document_schemas()
     return {"Event": event, **defs, "StatusDoc": docs["status"], "HeartbeatDoc": docs["heartbeat"],
-            "PointStateDoc": docs["state"], **command_schemas()}
+            "PointStateDoc": docs["state"], "ConfirmDoc": docs["confirm"], **command_schemas()}
 
 
 def validator(doc: Any, schema: str) -> jsonschema.Draft202012Validator:
@@ -83,12 +83,12 @@ def test_document_structure() -> None:
         for param in re.findall(r"\{([a-z_]+)\}", channel["address"]):
             assert param in channel["parameters"]
     assert channels["events"]["parameters"]["category"]["enum"] == [c.value for c in Category]
-    retained = {"events": False, "state": True, "status": True, "heartbeat": False, "commands": False,
-                "command-results": False}
+    retained = {"events": False, "state": True, "status": True, "heartbeat": False, "confirm": False,
+                "commands": False, "command-results": False}
     seen = set()
     for operation in doc["operations"].values():
         name = operation["channel"]["$ref"].removeprefix("#/channels/")
-        assert operation["action"] == ("receive" if name in ("commands",) else "send"), name
+        assert operation["action"] == ("receive" if name in ("commands", "confirm") else "send"), name
         seen.add(name)
         assert operation["bindings"]["mqtt"]["qos"] == 1
         assert operation["bindings"]["mqtt"]["retain"] is retained[name]
@@ -156,7 +156,9 @@ def test_sample_payloads_validate(tmp_path: Path) -> None:
         ("StatusDoc", StatusDoc(site=SITE, status="offline", reason="connection lost", version="1",
                                 config_hash="x", started_at=now)),
         ("HeartbeatDoc", HeartbeatDoc(site=SITE, at=now, interval=5.0, last_seq=3, journal_depth=0,
-                                      oldest_undelivered_age=None, devices_online=1, devices_total=2, info_shed=0)),
+                                      oldest_undelivered_age=None, published_seq=0, confirmed_seq=0, devices_online=1,
+                                      devices_total=2, inputs_ok=True,
+                                      journal_ok=True, info_shed=0)),
         ("PointStateDoc", PointStateDoc(site=SITE, point_id="pir-01", condition="burglary", in_alarm=True, value=1,
                                         since=now, as_of_seq=3, version=2)),
     ):

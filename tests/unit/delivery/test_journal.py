@@ -175,4 +175,22 @@ def test_wal_and_full_sync(tmp_path: Path) -> None:
     j.close()
     with pytest.raises(JournalError):
         _ = j.db
-    assert isinstance(sqlite3.sqlite_version, str)
+
+
+# The journal's SQL needs of the SQLite that Python is linked against: the `->>` operator (3.38.0), UPDATE ... FROM
+# (3.33.0), upserts (3.24.0) and the JSON functions (json_each, json_group_array: built in since 3.38.0).
+JOURNAL_NEEDS_SQLITE = (3, 38, 0)
+
+
+def test_the_linked_sqlite_has_what_the_journal_needs() -> None:
+    assert sqlite3.sqlite_version_info >= JOURNAL_NEEDS_SQLITE, (
+        f"SQLite {sqlite3.sqlite_version} is linked; the journal needs >= 3.38.0 (->>, UPDATE FROM, JSON functions)"
+    )
+    db = sqlite3.connect(":memory:")
+    try:
+        db.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER)")
+        db.execute("INSERT INTO t VALUES ('a', 1) ON CONFLICT(k) DO UPDATE SET v = excluded.v")
+        db.execute("UPDATE t SET v = j.value->>1 FROM json_each(?) AS j WHERE t.k = j.value->>0", ('[["a", 7]]',))
+        assert db.execute("SELECT json_group_array(json_array(k, v)) FROM t").fetchone()[0] == '[["a",7]]'
+    finally:
+        db.close()
