@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck imports unit bench clean
+.PHONY: demo test lint typecheck imports unit lowest bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,17 @@ unit: $(BIN)/.installed
 	if [ $$rc -eq 5 ]; then echo "make unit: pytest collected no tests: that is a failure" >&2; fi; \
 	exit $$rc
 
+# The lowest dependency versions pyproject.toml allows (ci/lowest-constraints.txt), with the quick tests:
+# a lower bound is a version that was tested. Its own venv, so the main one stays as resolved.
+LOWEST := .venv-lowest
+lowest:
+	$(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install --quiet --upgrade pip
+	$(LOWEST)/bin/python -m pip install --quiet -c ci/lowest-constraints.txt -e '.[test]'
+	$(LOWEST)/bin/python -m pytest -q -p no:cacheprovider tests/unit
+
 bench: $(BIN)/.installed
 	for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis var
+	rm -rf $(VENV) $(LOWEST) .mypy_cache .ruff_cache .pytest_cache .hypothesis var
