@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_delivery.py [--events 20000] [--backlog 100000]
     .venv/bin/python bench/bench_delivery.py --only-latency [--nagle]   # latency alone; --nagle: no TCP_NODELAY
+    .venv/bin/python bench/bench_delivery.py --only-publish-path        # the MQTT session alone vs raw aiomqtt
 
 1. throughput: N events handed to DeliverySink.accept (50 concurrent producers, one event per batch, as
    the pipeline does) until a separate subscriber (mosquitto_sub, QoS 1) received all of them, against a
@@ -10,6 +11,11 @@
 2. drain: a backlog journaled while the broker was down, delivered after it comes up (events/s).
 3. latency: 1,000 events/s for 10 s; the event's detected_at (set just before the hand-off to accept()) ->
    PUBACK, p50 / p99: what gcmk_event_delivery_latency_seconds measures.
+4. publish path (--only-publish-path): the gateway's MQTT session (gateway/mqtt/session.py) alone, the same
+   pre-serialised events through the same window, against the raw aiomqtt loop: what the publisher's own
+   path costs, without the journal.
+Each throughput line also gives the event loop thread's CPU per event from the start of the clock
+(`time.thread_time()`): on a 2-core machine that also runs the broker and the subscriber, CPU bounds throughput.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,9 +36,11 @@ sys.path.insert(0, str(ROOT))
 
 import aiomqtt  # noqa: E402
 
+import gateway.mqtt.client  # noqa: E402
 from gateway.delivery.publisher import _properties  # noqa: E402
 from gateway.delivery.sink import DeliverySink  # noqa: E402
 from gateway.domain.state import Batch  # noqa: E402
+from gateway.mqtt.session import Session, SessionOptions  # noqa: E402
 from tests.support.delivery_harness import SITE, make_event, site_config  # noqa: E402
 from tests.support.mosquitto import Mosquitto  # noqa: E402
 
@@ -67,7 +76,7 @@ async def until(
         await asyncio.sleep(0.005)
 
 
-async def raw_loop(port: int, n: int) -> float:
+async def raw_loop(port: int, n: int) -> Run:
     payloads = [make_event(i).with_seq(i + 1).to_json() for i in range(n)]
     topic = f"gcmk/v1/{SITE}/events/technical"
     sub = subscriber(port, n)
@@ -84,16 +93,73 @@ async def raw_loop(port: int, n: int) -> float:
             finally:
                 window.release()
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         async with asyncio.TaskGroup() as tg:
             for payload in payloads:
                 await window.acquire()
                 tg.create_task(one(payload))
         await wait_proc(sub)
-        return time.perf_counter() - start
+        return Run(time.perf_counter() - start, time.thread_time() - cpu, n)
 
 
-async def sink_loop(work: Path, port: int, n: int, producers: int, batch: int) -> tuple[float, float, int]:
+async def session_loop(port: int, n: int) -> Run:
+    """The raw loop's events through the gateway's own MQTT session, a window of WINDOW kept full from the PUBACK
+    callback (as the publisher's pump does, without the outbox)."""
+    payloads = [make_event(i).with_seq(i + 1).to_json() for i in range(n)]
+    topic = f"gcmk/v1/{SITE}/events/technical"
+    sub = subscriber(port, n)
+    props = _properties("gcmk.event.v1")
+    done = asyncio.Event()
+    sent = acked = 0
+
+    def on_ack(_token: int, _reason: object) -> None:
+        nonlocal sent, acked
+        acked += 1
+        if sent < n:
+            session.publish(topic, payloads[sent], False, props, sent)
+            sent += 1
+        if acked == n:
+            done.set()
+
+    options = SessionOptions("127.0.0.1", port, "bench-session", socket_options=gateway.mqtt.client.NODELAY)
+    session: Session[int] = Session(options, on_ack)
+    await session.connect()
+    start, cpu = time.perf_counter(), time.thread_time()
+    while sent < min(WINDOW, n):
+        session.publish(topic, payloads[sent], False, props, sent)
+        sent += 1
+    await done.wait()
+    await wait_proc(sub)
+    run = Run(time.perf_counter() - start, time.thread_time() - cpu, n)
+    await session.disconnect()
+    return run
+
+
+@dataclass
+class Run:
+    seconds: float
+    cpu: float  # the event loop thread's CPU time over the same span
+    events: int
+    process_cpu: float = 0.0  # the whole process (the loop thread plus the journal's and the executor's threads)
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds
+
+    @property
+    def cpu_us(self) -> float:
+        return self.cpu / self.events * 1e6
+
+    @property
+    def other_threads_us(self) -> float:
+        return max(0.0, self.process_cpu - self.cpu) / self.events * 1e6
+
+
+def process_cpu() -> float:
+    return time.process_time()
+
+
+async def sink_loop(work: Path, port: int, n: int, producers: int, batch: int) -> tuple[Run, float, int]:
     site = site_config(work / f"thr-{time.monotonic_ns()}", f"mqtt://127.0.0.1:{port}", max_inflight=WINDOW)
     events = [make_event(i) for i in range(n)]
     sub = subscriber(port, n)
@@ -102,7 +168,7 @@ async def sink_loop(work: Path, port: int, n: int, producers: int, batch: int) -
     async with asyncio.TaskGroup() as tg:
         run = tg.create_task(sink.run())
         await until(lambda: sink.stats.connected)
-        start = time.perf_counter()
+        start, cpu, total = time.perf_counter(), time.thread_time(), process_cpu()
 
         chunks = [tuple(events[i : i + batch]) for i in range(0, n, batch)]
 
@@ -115,7 +181,7 @@ async def sink_loop(work: Path, port: int, n: int, producers: int, batch: int) -
                 group.create_task(produce(k))
         accepted = time.perf_counter() - start
         await wait_proc(sub)
-        elapsed = time.perf_counter() - start
+        elapsed = Run(time.perf_counter() - start, time.thread_time() - cpu, n, process_cpu() - total)
         commits = sink.stats.commits
         await sink.close()
         await run
@@ -176,6 +242,24 @@ async def report_latency(work: Path, port: int, rate: int, nagle: bool) -> None:
           f" p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms ({count} samples)")
 
 
+async def report_publish_path(port: int, n: int, rounds: int) -> None:
+    """Rounds of raw aiomqtt / gateway session / raw aiomqtt, as for the sink."""
+    ratios = []
+    raw = await raw_loop(port, n)
+    for round_ in range(rounds):
+        ours = await session_loop(port, n)
+        raw_next = await raw_loop(port, n)
+        raw_rate = n / ((raw.seconds + raw_next.seconds) / 2)
+        ratios.append(ours.rate / raw_rate)
+        print(
+            f"round {round_ + 1}: raw aiomqtt window {WINDOW} {raw_rate:,.0f} ev/s; gateway MQTT session"
+            f" {ours.rate:,.0f} ev/s; ratio {ratios[-1]:.2f}; loop CPU/event raw"
+            f" {(raw.cpu_us + raw_next.cpu_us) / 2:.0f} us, session {ours.cpu_us:.0f} us"
+        )
+        raw = raw_next
+    print(f"ratio session/raw, median of {rounds}: {statistics.median(ratios):.2f}")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=20_000)
@@ -186,12 +270,11 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only-throughput", action="store_true")
     parser.add_argument("--only-latency", action="store_true")
+    parser.add_argument("--only-publish-path", action="store_true", help="the MQTT session alone vs raw aiomqtt")
     parser.add_argument("--nagle", action="store_true", help="without TCP_NODELAY (gateway client and broker)")
     args = parser.parse_args()
     broker_config = "max_inflight_messages 0"
     if args.nagle:  # as before TCP_NODELAY was set: paho's default and Mosquitto's default
-        import gateway.mqtt.client
-
         gateway.mqtt.client.NODELAY = ()
         broker_config += "\nset_tcp_nodelay false"
     with tempfile.TemporaryDirectory() as tmp:
@@ -200,6 +283,9 @@ async def main() -> None:
             if args.only_latency:
                 await report_latency(work, broker.port, args.rate, args.nagle)
                 return
+            if args.only_publish_path:
+                await report_publish_path(broker.port, args.events, args.rounds)
+                return
             # Rounds of raw, sink, raw: each sink run is compared with the raw runs around it, and the
             # median ratio is reported, because the shared machine's load swings within a minute.
             ratios = []
@@ -207,13 +293,15 @@ async def main() -> None:
             for round_ in range(args.rounds):
                 elapsed, accepted, commits = await sink_loop(work, broker.port, args.events, args.producers, args.batch)
                 raw_next = await raw_loop(broker.port, args.events)
-                raw_rate = args.events / ((raw + raw_next) / 2)
-                sink_rate = args.events / elapsed
+                raw_rate = args.events / ((raw.seconds + raw_next.seconds) / 2)
+                sink_rate = elapsed.rate
                 ratios.append(sink_rate / raw_rate)
                 print(
                     f"round {round_ + 1}: raw aiomqtt window {WINDOW} {raw_rate:,.0f} ev/s; DeliverySink"
                     f" ({args.producers} producers x {args.batch} ev/batch) {sink_rate:,.0f} ev/s"
-                    f" (accepted in {accepted:.2f}s, {args.events / commits:.1f} ev/commit); ratio {ratios[-1]:.2f}"
+                    f" (accepted in {accepted:.2f}s, {args.events / commits:.1f} ev/commit); ratio {ratios[-1]:.2f};"
+                    f" loop CPU/event raw {(raw.cpu_us + raw_next.cpu_us) / 2:.0f} us, sink {elapsed.cpu_us:.0f} us"
+                    f" (+ {elapsed.other_threads_us:.0f} us on the journal's threads)"
                 )
                 raw = raw_next
             print(f"ratio sink/raw, median of {args.rounds}: {statistics.median(ratios):.2f}")

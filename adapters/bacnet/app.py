@@ -5,7 +5,11 @@ nobody sees, and it has no event-notification handlers at all. So this applicati
 notifications to a `NotificationHandler` (the adapter) and acknowledges a confirmed notification only
 after the handler returned, i.e. after the readings are journaled: if the gateway dies first, the device
 gets no SimpleACK and retries. A retry of a notification already handled (or still being handled) gets
-the original's answer and is not handled again (duplicates.py).
+the original's answer and is not handled again (duplicates.py). When the handler failed (the gateway did
+not accept the readings: NotAccepted), the notification gets no answer and bacpypes3's server transaction
+for it is ended without a word: bacpypes3 would otherwise ignore the device's retries for its application
+timeout (3 s), longer than a device with a short APDU timeout keeps retrying. The retry is then handled as
+new, and the normaliser, which rolled the refused step back, sees the change again.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ from typing import Any, Protocol
 import structlog
 from bacpypes3.apdu import SimpleAckPDU
 from bacpypes3.app import Application
+from bacpypes3.appservice import ABORTED, COMPLETED
 from bacpypes3.errors import ServicesError
 from bacpypes3.local.networkport import NetworkPortObject
 from bacpypes3.object import DeviceObject
 
 from adapters.bacnet.duplicates import RecentRequests, request_key
 from gateway.config.models import BacnetLocal
+from gateway.domain.errors import NotAccepted
 
 log = structlog.get_logger(__name__)
 
@@ -53,8 +59,10 @@ class GatewayApplication(Application):  # type: ignore[misc]
                 known = await self._run(apdu, handle)
         finally:
             self.inflight.discard(task)
-        if known is None:
-            return  # the handler failed: no answer to a confirmed notification, the device retries
+        if known is None:  # the handler failed: no answer to a confirmed notification, the device retries
+            if confirmed:
+                self._forget_transaction(apdu)
+            return
         if confirmed:
             if known is False:
                 raise ServicesError("unknownSubscription")
@@ -86,9 +94,22 @@ class GatewayApplication(Application):  # type: ignore[misc]
         """The handler's result (False: no subscription of ours), None when it failed (logged)."""
         try:
             return await handle(apdu) is not False
+        except NotAccepted as exc:  # the journal cannot be written: the device's retry offers it again
+            log.warning("bacnet.notification_not_accepted", source=str(apdu.pduSource), error=str(exc))
+            return None
         except Exception:
             log.exception("bacnet.notification_failed", source=str(apdu.pduSource))
             return None
+
+    def _forget_transaction(self, apdu: Any) -> None:
+        """End bacpypes3's server transaction of an unanswered request silently (see the module docstring)."""
+        for ssm in list(self.asap.serverTransactions):
+            if (
+                ssm.invokeID == apdu.apduInvokeID
+                and ssm.pdu_address == apdu.pduSource
+                and ssm.state not in (COMPLETED, ABORTED)
+            ):
+                ssm.set_state(ABORTED)  # stops its timer and drops it; nothing is sent
 
     async def do_ConfirmedCOVNotificationRequest(self, apdu: Any) -> None:
         await self._handle(apdu, True, self.handler.cov_notification)

@@ -5,6 +5,11 @@ configured object), then per object a COV subscription renewed at half its lifet
 (ReadPropertyMultiple) when COV is off, refused or not offered for the property. Supervision is the time
 since the last answer from the device: past `device_offline_after` the device is reported offline once,
 the subscriptions are torn down and the session starts over.
+
+A value counts as reported (`Watch.reported`) only once `submit` returned, and a status once
+`device_status` returned: when the gateway does not accept one (NotAccepted: the journal cannot be
+written), the next poll, COV notification or retried event notification offers the value again, and the
+status is reported again while it still holds.
 """
 
 from __future__ import annotations
@@ -43,7 +48,14 @@ from adapters.bacnet.values import (
 )
 from gateway.config.models import BacnetDevice, BacnetSource, SiteConfig
 from gateway.core.ports import DeviceStatus, Quality, Reading, ReadingSink
-from gateway.domain.errors import ConfigurationFault, DeviceBusy, DeviceError, DeviceRejected, VerificationFailed
+from gateway.domain.errors import (
+    ConfigurationFault,
+    DeviceBusy,
+    DeviceError,
+    DeviceRejected,
+    NotAccepted,
+    VerificationFailed,
+)
 from gateway.domain.event import Notification, utcnow
 
 
@@ -90,6 +102,8 @@ class DeviceSession:
         self._poll_now = asyncio.Event()
         self._last_contact = 0.0
         self._rpm = True
+        self._reported: bool | None = None  # the last device status the gateway accepted
+        self._offline_at: datetime | None = None  # when supervision declared the device offline
 
     # --- contact and supervision ----------------------------------------------------------------------
 
@@ -121,12 +135,27 @@ class DeviceSession:
                 self.counters.online = False
                 self.counters.cov_subscriptions_active = 0
                 self.log.warning("bacnet.device_offline", silent_for=limit)
+                self._offline_at = utcnow()
                 self._lost.set()
-                await sink.device_status(
-                    DeviceStatus(self.device.id, online=False, at=utcnow(), reason=f"no answer for {limit:g}s")
+            if self._reported is not False:
+                offline = DeviceStatus(
+                    self.device.id, online=False, at=self._offline_at or utcnow(), reason=f"no answer for {limit:g}s"
                 )
+                if not await self._report(sink, offline):
+                    await asyncio.sleep(self.device.poll_interval)  # still silent then: reported again
+                    continue
             self._contact.clear()
             await self._contact.wait()
+
+    async def _report(self, sink: ReadingSink, status: DeviceStatus) -> bool:
+        """Hand a device status on; False if the gateway did not accept it (then it counts as not reported)."""
+        try:
+            await sink.device_status(status)
+        except NotAccepted as exc:
+            self.log.warning("bacnet.status_not_accepted", online=status.online, error=str(exc))
+            return False
+        self._reported = status.online
+        return True
 
     async def _connection(self, sink: ReadingSink) -> None:
         while True:
@@ -136,11 +165,19 @@ class DeviceSession:
             if self.counters.online is not True:
                 self.counters.online = True
                 self.log.info("bacnet.device_online")
-                await sink.device_status(DeviceStatus(self.device.id, online=True, at=utcnow()))
+            if self._reported is not True and not await self._report(
+                sink, DeviceStatus(self.device.id, online=True, at=utcnow())
+            ):
+                await asyncio.sleep(self.device.poll_interval)
+                continue
             try:
                 await self._resync()
             except DeviceError as exc:  # went silent again mid-resync: back to waiting for an answer
                 self._error(exc, "resync")
+                await asyncio.sleep(self.device.poll_interval)
+                continue
+            except NotAccepted as exc:  # what was not accepted is offered again by the next resync
+                self.log.warning("bacnet.resync_not_accepted", error=str(exc))
                 await asyncio.sleep(self.device.poll_interval)
                 continue
             try:
@@ -276,6 +313,8 @@ class DeviceSession:
                     await self._read_and_report(watches)
                 except DeviceError as exc:
                     self._error(exc, "poll")
+                except NotAccepted as exc:  # not reported: offered again by the next poll
+                    self.log.warning("bacnet.poll_not_accepted", error=str(exc))
             self._poll_now.clear()
             try:
                 async with asyncio.timeout(self.device.poll_interval):
@@ -380,7 +419,7 @@ class DeviceSession:
                 credential=credential,
                 notification=notification,
             )
-            await self._sink.submit(reading)
+            await self._sink.submit(reading)  # NotAccepted: not reported, so the value is a change next time
             watch.reported = key
             self.counters.readings += 1
 

@@ -4,7 +4,9 @@ Why it looks like this:
 - the schedule does not drift: the next poll is due one interval after the previous *due* time, and a
   poll that runs past one or more slots is counted as an overrun instead of being stacked;
 - only changes are handed on (value or quality differs from the last reading handed on); the pipeline
-  debounces by timer, so repeating unchanged values would only cost CPU;
+  debounces by timer, so repeating unchanged values would only cost CPU. A value counts as handed on only
+  once `submit` returned: when the gateway does not accept it (NotAccepted: the journal cannot be written),
+  the next poll offers it again, and so with the device's online/offline status;
 - after `offline_after_failures` consecutive failed polls the device is reported offline once and polled
   with jittered, capped backoff; when it answers it is reported online and every point is handed on fresh;
 - a block the device rejects as wrong (exception 01-03) is a configuration fault: logged once with its
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -26,7 +29,7 @@ from adapters.modbus.link import ModbusLink
 from adapters.modbus.stats import DeviceStats
 from gateway.config.models import ModbusDevice, ModbusSource, PointConfig
 from gateway.core.ports import DeviceStatus, Quality, Reading, ReadingSink
-from gateway.domain.errors import ConfigurationFault, DeviceError, DeviceRejected
+from gateway.domain.errors import ConfigurationFault, DeviceError, DeviceRejected, NotAccepted
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +77,13 @@ class DevicePoller:
         self._link = link
         self._tuning = tuning or PollTuning()
         self._rng = rng or random.Random()
-        self._last: dict[str, tuple[int | None, Quality]] = {}
+        self._last: dict[str, tuple[int | None, Quality]] = {}  # per point: the last reading the gateway accepted
         self._fault_retry_at: dict[Block, float] = {}
-        self._online: bool | None = None
+        self._online: bool | None = None  # the last status the gateway accepted (stats.online: what polls show)
+        self._offline_at: datetime | None = None  # when the polls showed the device offline
+        self._refused = False  # the gateway did not accept the last reading or status (logged once)
+        # per point: a value the gateway did not accept, and when it was first seen (its detection time)
+        self._unaccepted: dict[str, tuple[tuple[int | None, Quality], datetime]] = {}
         self._log = structlog.get_logger("adapters.modbus").bind(site=site_id, device=device.id)
 
     async def run(self, sink: ReadingSink) -> None:
@@ -164,17 +171,41 @@ class DevicePoller:
     async def _answered(self, sink: ReadingSink, observed: list[_Observation]) -> None:
         self.stats.consecutive_failures = 0
         self.stats.last_contact = time.time()
-        if self._online is not True:
+        if self.stats.online is not True:
             self._log.info("modbus_device_online", previous=self._online)
-            self._online = self.stats.online = True
-            await sink.device_status(DeviceStatus(self.device.id, True, utcnow(), reason="answering"))
+            self.stats.online = True
+        if self._online is not True:
+            online = DeviceStatus(self.device.id, True, utcnow(), reason="answering")
+            if not await self._hand_on(sink.device_status(online)):
+                return  # the readings wait for the status: all of them are offered again at the next poll
+            self._online = True
         for obs in observed:
             key = (obs.value, obs.quality)
             if self._last.get(obs.point_id) == key:
                 continue
+            earlier = self._unaccepted.get(obs.point_id)
+            at = earlier[1] if earlier is not None and earlier[0] == key else obs.at
+            reading = Reading(obs.point_id, obs.value, obs.quality, at, text=obs.text)
+            if not await self._hand_on(sink.submit(reading)):
+                self._unaccepted[obs.point_id] = (key, at)
+                return  # not recorded as seen: this and the rest are offered again at the next poll
+            self._unaccepted.pop(obs.point_id, None)
             self._last[obs.point_id] = key
             self.stats.readings += 1
-            await sink.submit(Reading(obs.point_id, obs.value, obs.quality, obs.at, text=obs.text))
+
+    async def _hand_on(self, call: Awaitable[None]) -> bool:
+        """Await a submit or device_status; False (logged once per spell) if the gateway did not accept it."""
+        try:
+            await call
+        except NotAccepted as exc:
+            if not self._refused:
+                self._log.warning("modbus_reading_not_accepted", error=str(exc), detail="offered again next poll")
+            self._refused = True
+            return False
+        if self._refused:
+            self._log.info("modbus_readings_accepted_again")
+        self._refused = False
+        return True
 
     async def _failed(self, sink: ReadingSink, exc: DeviceError) -> None:
         self.stats.consecutive_failures += 1
@@ -182,16 +213,18 @@ class DevicePoller:
         self._log.debug("modbus_poll_failed", error=type(exc).__name__, detail=str(exc), failures=failures)
         if failures < self.device.offline_after_failures or self._online is False:
             return
-        self._log.warning("modbus_device_offline", error=type(exc).__name__, detail=str(exc), failures=failures)
-        self._online = self.stats.online = False
+        if self.stats.online is not False:
+            self._log.warning("modbus_device_offline", error=type(exc).__name__, detail=str(exc), failures=failures)
+            self.stats.online = False
+            self._offline_at = utcnow()
         self._last.clear()  # everything is handed on fresh when it answers again
         self._fault_retry_at = dict.fromkeys(self._fault_retry_at, 0.0)  # and every block is tried again
-        await sink.device_status(
-            DeviceStatus(
-                self.device.id,
-                False,
-                utcnow(),
-                reason=str(exc),
-                detail={"error": type(exc).__name__, "failures": str(failures)},
-            )
+        status = DeviceStatus(
+            self.device.id,
+            False,
+            self._offline_at or utcnow(),
+            reason=str(exc),
+            detail={"error": type(exc).__name__, "failures": str(failures)},
         )
+        if await self._hand_on(sink.device_status(status)):
+            self._online = False  # else reported again after the next failed poll

@@ -6,6 +6,12 @@ its restore and entering one emits its alarm, so alarm and restore alternate per
 often a value is polled. A change must hold for the point's debounce time before it counts. Bad quality
 (a silent device, an unreadable reply) changes nothing: no false restore. Momentary points (access
 events, arm/disarm) emit one event per new occurrence instead.
+
+Transactional: `offer`, `offer_tick` and `offer_status` apply a step at once and return it as a `Step`: the
+batch for the sink plus the before-images of what it changed. The caller (the pipeline) `commit`s it once
+the sink durably accepted the batch, or `rollback`s it when the sink did not: the points and the device are
+then as if the step never happened, so the same reading offered again is a change again (nothing consumed
+before it is durable). `process`, `tick` and `device_status` are the same steps committed at once.
 """
 
 from __future__ import annotations
@@ -43,13 +49,42 @@ class _Live:
     pending: _Pending | None = None
 
 
+Key = tuple[str, str]  # ("point", id) or ("device", id): what a step may change
+
+
+def point_key(point_id: str) -> Key:
+    return ("point", point_id)
+
+
+def device_key(device_id: str) -> Key:
+    return ("device", device_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One normaliser step, already applied: `batch` for the sink, and how to take the step back.
+
+    `points` are the before-images (state, quality, pending) of the points it changed, `devices` those of the
+    devices (online, since); `keys` names both, so that a caller can keep other steps off them until this
+    one is committed or rolled back.
+    """
+
+    batch: Batch = field(default_factory=Batch)
+    points: tuple[tuple[str, PointState, Quality, _Pending | None], ...] = ()
+    devices: tuple[tuple[str, bool | None, datetime], ...] = ()
+
+    @property
+    def keys(self) -> tuple[Key, ...]:
+        return (*(point_key(p[0]) for p in self.points), *(device_key(d[0]) for d in self.devices))
+
+
 @dataclass(slots=True)
 class NormaliserStats:
     readings: int = 0
     unknown_points: int = 0
     unmapped_values: int = 0
     suppressed_flaps: int = 0
-    # events made, by (device, category, type): the "received" stage of the metrics
+    # events of committed steps, by (device, category, type): the "received" stage of the metrics
     events: Counter[tuple[str, str, str]] = field(default_factory=Counter)
 
 
@@ -95,9 +130,53 @@ class Normaliser:
         """Device id -> protocol, for every configured device."""
         return {d.id: d.protocol for d in self._devices.values()}
 
+    # --- steps: apply, then commit or roll back ---------------------------------------------------------
+
+    def commit(self, step: Step) -> None:
+        """The sink accepted the step's batch: count its events (the step itself is applied already)."""
+        for event in step.batch.events:
+            self.stats.events[(event.source.device_id, event.category.value, event.type.value)] += 1
+
+    def rollback(self, step: Step) -> None:
+        """The sink did not accept the step's batch: the points and devices it changed are as before it.
+
+        Exact only if no other step changed them since (the pipeline keeps other steps off `step.keys`
+        until this one is settled)."""
+        for point_id, state, quality, pending in step.points:
+            live = self._live[point_id]
+            live.state, live.quality, live.pending = state, quality, pending
+        for device_id, online, since in step.devices:
+            self._online[device_id] = online
+            self._device_since[device_id] = since
+
+    def status_keys(self, status: DeviceStatus) -> tuple[Key, ...]:
+        """What `offer_status(status)` may change: the device, and its points when it goes offline."""
+        if status.device_id not in self._devices:
+            return ()
+        if status.online:
+            return (device_key(status.device_id),)
+        points = (point_key(p.id) for p in self._site.points if p.device == status.device_id)
+        return (device_key(status.device_id), *points)
+
     # --- readings --------------------------------------------------------------------------------------
 
     def process(self, reading: Reading) -> Batch:
+        """`offer` and commit at once (for callers without a sink that can refuse)."""
+        step = self.offer(reading)
+        self.commit(step)
+        return step.batch
+
+    def offer(self, reading: Reading) -> Step:
+        """Apply one reading; the step's batch holds the events it caused (see the module docstring)."""
+        live = self._live.get(reading.point_id)
+        if live is None:
+            self._step_reading(reading)
+            return Step()
+        before = (reading.point_id, live.state, live.quality, live.pending)
+        batch = self._step_reading(reading)
+        return Step(batch, (before,)) if batch else Step()
+
+    def _step_reading(self, reading: Reading) -> Batch:
         self.stats.readings += 1
         point = self._points.get(reading.point_id)
         if point is None:
@@ -105,6 +184,18 @@ class Normaliser:
             log.warning("reading for unknown point ignored", point=reading.point_id)
             return Batch()
         live = self._live[point.id]
+        pending = live.pending
+        if pending is not None and reading.quality is Quality.GOOD and reading.value is not None:
+            due = pending.reading.detected_at + timedelta(seconds=point.debounce)
+            if reading.detected_at >= due:
+                # It held for its debounce time before this reading came (readings are changes), so it counts
+                # whatever this one says: the timer was late, or its step was rolled back. (A bad reading
+                # changes nothing, as ever: it drops the pending change.)
+                confirmed = self._confirm_if_due(point, live, due)
+                return _merge([confirmed, self._step_reading_of(point, live, reading)])
+        return self._step_reading_of(point, live, reading)
+
+    def _step_reading_of(self, point: PointConfig, live: _Live, reading: Reading) -> Batch:
         if reading.quality is Quality.BAD or reading.value is None:
             live.quality = Quality.BAD
             live.pending = None
@@ -125,13 +216,24 @@ class Normaliser:
         return self._confirm_if_due(point, live, reading.detected_at)
 
     def tick(self, now: datetime) -> Batch:
+        """`offer_tick` and commit at once."""
+        step = self.offer_tick(now)
+        self.commit(step)
+        return step.batch
+
+    def offer_tick(self, now: datetime) -> Step:
         """Confirm pending changes whose debounce time has passed by `now`."""
-        batches = [
-            self._confirm_if_due(self._points[pid], live, now)
-            for pid, live in self._live.items()
-            if live.pending is not None
-        ]
-        return _merge(batches)
+        befores = []
+        batches = []
+        for pid, live in self._live.items():
+            if live.pending is None:
+                continue
+            before = (pid, live.state, live.quality, live.pending)
+            batch = self._confirm_if_due(self._points[pid], live, now)
+            if batch:
+                befores.append(before)
+                batches.append(batch)
+        return Step(_merge(batches), tuple(befores)) if batches else Step()
 
     def next_due(self) -> datetime | None:
         due = [
@@ -162,6 +264,9 @@ class Normaliser:
         previous = live.state.condition
         occurred = reading.occurred_at or reading.detected_at
         live.state = PointState(point.id, condition, reading.value, occurred, live.state.last_key)
+        # A change still being debounced is over once the point took its condition from a later reading
+        # (unknown -> normal is taken at once): confirmed later, it would be an alarm the point is not in.
+        live.pending = None
         events = []
         if previous not in (NORMAL, UNKNOWN):
             events.append(self._point_event(point, EventType(previous), EventState.RESTORE, reading, detected_at))
@@ -217,11 +322,26 @@ class Normaliser:
     # --- devices ---------------------------------------------------------------------------------------
 
     def device_status(self, status: DeviceStatus) -> Batch:
-        """One comm_loss alarm when a device goes offline, one restore when it returns."""
+        """`offer_status` and commit at once."""
+        step = self.offer_status(status)
+        self.commit(step)
+        return step.batch
+
+    def offer_status(self, status: DeviceStatus) -> Step:
+        """One comm_loss alarm when a device goes offline, one restore when it returns.
+
+        Rolled back, only the device's online state returns: its points keep the bad quality and the lost
+        pending changes of an offline report, which holds whether or not the journal took it."""
         device = self._devices.get(status.device_id)
         if device is None:
             log.warning("status for unknown device ignored", device=status.device_id)
-            return Batch()
+            return Step()
+        before = (device.id, self._online[device.id], self._device_since[device.id])
+        batch = self._step_status(device.id, status)
+        return Step(batch, devices=(before,)) if batch else Step()
+
+    def _step_status(self, device_id: str, status: DeviceStatus) -> Batch:
+        device = self._devices[device_id]
         previous = self._online[device.id]
         if not status.online:
             for pid, live in self._live.items():
@@ -264,7 +384,6 @@ class Normaliser:
         reading: Reading | None = None,
         text: str | None = None,
     ) -> Event:
-        self.stats.events[(source.device_id, category.value, event_type.value)] += 1
         return make_event(
             site=self._site.site.id,
             tenant=tenant,

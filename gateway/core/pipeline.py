@@ -4,18 +4,33 @@
 reading caused are durably accepted; when the sink's bounded queue is full, adapters wait (back-pressure)
 instead of anything being dropped. A timer task confirms debounced changes for which no further reading
 arrives (COV devices report a change once).
+
+Transactional intake: the normaliser's step takes effect only when the sink accepted its batch. If `accept`
+raises, the step is rolled back before the error reaches the adapter (a `NotAccepted` such as JournalError:
+offer the reading again later), so the same reading is a change again and nothing is consumed before it is
+durable. While a step awaits the sink, no other step may touch the points or device it changed (a rollback
+would undo that one's base): a reading or status for them waits until the first is settled. Readings of one
+point come from one adapter task in order anyway; what this keeps apart is the debounce timer and a device's
+status from its points' readings.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
-from gateway.core.normaliser import Normaliser
+import structlog
+
+from gateway.core.normaliser import Key, Normaliser, Step, point_key
 from gateway.core.ports import DeviceStatus, EventSink, Reading
+from gateway.domain.errors import NotAccepted
 from gateway.domain.event import Event, utcnow
-from gateway.domain.state import Batch
+
+log = structlog.get_logger(__name__)
+
+REFUSED_RETRY = 1.0  # seconds before the timer offers debounced changes again that the sink did not accept
 
 
 class Pipeline:
@@ -24,20 +39,48 @@ class Pipeline:
         self._sink = sink
         self._clock = clock
         self._wake = asyncio.Event()
+        self._inflight: dict[Key, asyncio.Future[None]] = {}  # keys of steps awaiting the sink: done when settled
         self.accepted = 0  # events durably accepted through this pipeline
 
     async def submit(self, reading: Reading) -> None:
-        await self._accept(self.normaliser.process(reading))
-        if self.normaliser.next_due() is not None:
-            self._wake.set()
+        if self._inflight:
+            await self._settled((point_key(reading.point_id),))
+        try:
+            await self._accept(self.normaliser.offer(reading))
+        finally:
+            if self.normaliser.next_due() is not None:
+                self._wake.set()  # a new deadline, or (rolled back) a pending change restored
 
     async def device_status(self, status: DeviceStatus) -> None:
-        await self._accept(self.normaliser.device_status(status))
+        if self._inflight:
+            await self._settled(self.normaliser.status_keys(status))
+        await self._accept(self.normaliser.offer_status(status))
 
-    async def _accept(self, batch: Batch) -> Sequence[Event]:
-        if not batch:
+    async def _settled(self, keys: Iterable[Key]) -> None:
+        """Wait until no step awaiting the sink holds any of `keys`."""
+        keys = tuple(keys)
+        while busy := {self._inflight[k] for k in keys if k in self._inflight}:
+            await asyncio.wait(busy)
+
+    async def _accept(self, step: Step) -> Sequence[Event]:
+        if not step.batch:
             return ()
-        accepted = await self._sink.accept(batch)
+        keys = step.keys
+        settled = asyncio.get_running_loop().create_future()
+        for key in keys:
+            self._inflight[key] = settled
+        try:
+            accepted = await self._sink.accept(step.batch)
+        except BaseException:  # refused, or cancelled without knowing: not consumed (offered again)
+            self.normaliser.rollback(step)
+            raise
+        else:
+            self.normaliser.commit(step)
+        finally:
+            for key in keys:
+                if self._inflight.get(key) is settled:
+                    del self._inflight[key]
+            settled.set_result(None)
         self.accepted += len(accepted)
         return accepted
 
@@ -56,4 +99,10 @@ class Pipeline:
                     continue  # something new arrived: recompute the deadline
                 except TimeoutError:
                     pass
-            await self._accept(self.normaliser.tick(self._clock()))
+            try:
+                await self._accept(self.normaliser.offer_tick(self._clock()))
+            except NotAccepted as exc:  # rolled back: still pending, and due; not in a tight loop
+                log.warning("debounced changes not accepted; offered again", error=str(exc), in_s=REFUSED_RETRY)
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=REFUSED_RETRY)

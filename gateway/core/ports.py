@@ -56,7 +56,8 @@ class DeviceStatus:
 
 class ReadingSink(Protocol):
     async def submit(self, reading: Reading) -> None:
-        """Hand on one reading; returns when its events (if any) are durably accepted."""
+        """Hand on one reading; returns when its events (if any) are durably accepted. Raises NotAccepted
+        when they are not (journal failure): nothing of the reading was taken, offer it again later."""
 
     async def device_status(self, status: DeviceStatus) -> None:
         """Report a device going offline or coming back; returns when its event is accepted."""
@@ -77,7 +78,8 @@ class EventSink(Protocol):
         """The persisted state table (empty for a sink without memory)."""
 
     async def accept(self, batch: Batch) -> Sequence[Event]:
-        """Durably accept a batch; returns its events with `seq` assigned, in order."""
+        """Durably accept a batch; returns its events with `seq` assigned, in order. Raises NotAccepted
+        (JournalError) when the batch is not durable."""
 
     async def run(self) -> None:
         """The sink's long-running work (delivery); returns only when cancelled."""

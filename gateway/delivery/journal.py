@@ -29,7 +29,7 @@ from pathlib import Path
 import structlog
 
 from gateway.core.events import make_event
-from gateway.domain.errors import GatewayError
+from gateway.domain.errors import NotAccepted
 from gateway.domain.event import Event, PointRef, SourceRef
 from gateway.domain.state import NORMAL, UNKNOWN, Batch, DeviceState, PointState
 from gateway.domain.taxonomy import Category, EventState, EventType
@@ -91,8 +91,9 @@ _SCHEMA = _SCHEMA_1 + _V2_CHANGES  # the tables of SCHEMA_VERSION
 MAX_REPUBLISH_FACTOR = 32  # the confirm timeout doubles per publication of an event, up to this factor
 
 
-class JournalError(GatewayError):
-    """The journal could not be opened or written (disk full, I/O error, corrupt file)."""
+class JournalError(NotAccepted):
+    """The journal could not be opened or written (disk full, I/O error, corrupt file). A NotAccepted: a batch
+    whose commit failed is not consumed, its readings are offered again."""
 
 
 class JournalVersionError(JournalError):
@@ -442,7 +443,9 @@ class Journal:
             try:
                 self.over_bound = self._over_bound()
             except sqlite3.Error as exc:
-                raise JournalError(f"journal size check failed: {exc}") from exc
+                # The commit above is durable: failing its callers now would make them offer the same
+                # readings again (a duplicate alarm). The bound is measured again with the next commit.
+                log.error("journal_size_check_failed", error=str(exc))
 
     def _number(self, event: Event, at: float, link_down: bool, plan: Plan) -> Event:
         seq = self.last_seq = self.last_seq + 1

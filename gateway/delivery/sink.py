@@ -10,12 +10,19 @@ later), where awaiting a queue, an executor future and a shield took five iterat
 all the MQTT work that was ready then. The `_writer` task supervises the chain and re-raises its bugs.
 `run` drives the writer, the publisher (status, heartbeats, events, point states), marking of PUBACKs and
 the retention pruner.
+
+A failed commit fails its callers with JournalError (a NotAccepted: the pipeline rolls the normaliser back,
+the adapters offer the readings again) and starts a journal fault: `journal_writable` (readiness) and the
+heartbeat's `journal_ok` are false, `stats.journal_write_failures` counts. The fault is journaled once it
+can be: a `journal_fault` alarm (time of the first failure) and its restore go first into the first commit
+that succeeds, whether readings offered again bring it or the writer's own retry every FAULT_RETRY seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -29,6 +36,7 @@ from typing import Any, Protocol, TypeVar
 import structlog
 
 from gateway.config.models import SiteConfig
+from gateway.core.events import make_event
 from gateway.core.lifecycle import RunsInBackground
 from gateway.core.ports import HealthReport, ReplayOutcome
 from gateway.delivery.contract import ConfirmDoc, HeartbeatDoc, StatusDoc, confirm_topic
@@ -36,8 +44,9 @@ from gateway.delivery.journal import PRUNE_CHUNK, CommitResult, Journal, Journal
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.publisher import Publisher
 from gateway.delivery.stats import DeliveryStats
-from gateway.domain.event import Event
+from gateway.domain.event import Event, PointRef, SourceRef
 from gateway.domain.state import Batch, DeviceState, PointState
+from gateway.domain.taxonomy import EventState, EventType
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +57,7 @@ GROUP_MAX = 2_048  # batches per commit
 MARK_INTERVAL = 0.1  # seconds between writes of PUBACK marks
 PRUNE_INTERVAL = 600.0
 CLOSE_GRACE = 3.0
+FAULT_RETRY = 1.0  # seconds between the writer's own journal attempts while commits fail and nothing is queued
 
 
 @dataclass(slots=True)
@@ -55,6 +65,15 @@ class _Pending:
     batch: Batch
     handed_at: float
     future: asyncio.Future[list[Event]]
+
+
+@dataclass(slots=True)
+class _Fault:
+    """Commits failing since `since`: journaled as a journal_fault alarm + restore once a commit succeeds."""
+
+    since: datetime
+    error: str
+    failures: int = 1
 
 
 def journal_path(site: SiteConfig) -> Path:
@@ -130,6 +149,8 @@ class DeliverySink(RunsInBackground):
         self._closed = False
         self._running = False
         self._write_failed = False  # the last journal write (commit or marks) failed
+        self._fault: _Fault | None = None  # commits failing, not yet journaled as a journal_fault
+        self._fault_timer: asyncio.TimerHandle | None = None  # the writer's next own attempt during a fault
         self._finished = asyncio.Event()
         self.outbox = Outbox(site.site.id, self._read_undelivered)
         self._delivery = site.delivery
@@ -157,7 +178,7 @@ class DeliverySink(RunsInBackground):
                 False, "mqtt not connected" + (f": {self.stats.last_error}" if self.stats.last_error else "")
             )
         if not self.journal_writable:
-            return HealthReport(False, "journal not writable")
+            return HealthReport(False, "journal not writable" + (f": {self._fault.error}" if self._fault else ""))
         return HealthReport(True, "mqtt connected, journal writable")
 
     # --- EventSink ---------------------------------------------------------------------------------------
@@ -202,6 +223,8 @@ class DeliverySink(RunsInBackground):
             pass
         finally:
             self._running = False
+            if self._fault_timer is not None:
+                self._fault_timer.cancel()
             if self._commit is not None:  # let the commit under way finish: its callers learn the outcome
                 with contextlib.suppress(Exception):
                     await asyncio.wrap_future(self._commit)
@@ -234,7 +257,10 @@ class DeliverySink(RunsInBackground):
     # --- journal access ----------------------------------------------------------------------------------
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
+        except sqlite3.Error as exc:  # not all of the journal's methods map them (marks, confirm, prune, reads)
+            raise JournalError(f"journal {getattr(fn, '__name__', 'job')} failed: {exc}") from exc
 
     async def _open(self) -> None:
         async with self._open_lock:
@@ -278,21 +304,24 @@ class DeliverySink(RunsInBackground):
             self._writer_error = exc
         self._writer_failed.set()
 
-    def _start_commit(self) -> None:
-        """Plans everything queued (up to GROUP_MAX batches) and hands it to the journal thread."""
+    def _start_commit(self, retry: bool = False) -> None:
+        """Plans everything queued (up to GROUP_MAX batches) and hands it to the journal thread. During a
+        journal fault the fault's events go first; `retry` (the fault timer) commits them alone if need be."""
         self._committing = False
-        if not self._writer_on or not self._pending:
+        fault = self._fault_batch()
+        if not self._writer_on or not (self._pending or (retry and fault)):
             if not self._pending:
                 self._idle.set()
             return
         group = [self._pending.popleft() for _ in range(min(GROUP_MAX, len(self._pending)))]
         self._room.set()
+        now = time.time()
         try:
             plan = self._journal.plan(
-                [item.batch for item in group],
-                now=time.time(),
+                [fault, *(item.batch for item in group)] if fault else [item.batch for item in group],
+                now=now,
                 link_down=not self.stats.connected,
-                handed_at=[item.handed_at for item in group],
+                handed_at=[now, *(item.handed_at for item in group)] if fault else [i.handed_at for i in group],
             )
             self._committing = True
             commit = self._executor.submit(self._journal.write, plan)
@@ -304,6 +333,41 @@ class DeliverySink(RunsInBackground):
         self._commit = commit
         loop = asyncio.get_running_loop()
         commit.add_done_callback(lambda done: loop.call_soon_threadsafe(self._commit_done, group, plan, done))
+
+    def _fault_batch(self) -> Batch:
+        """The journal_fault alarm (at the first failure) and its restore (now), while a fault is not journaled."""
+        fault = self._fault
+        if fault is None:
+            return Batch()
+        now = datetime.now(UTC)
+        common: dict[str, Any] = {
+            "site": self.site.site.id,
+            "event_type": EventType.JOURNAL_FAULT,
+            "point": PointRef(id="gateway.journal", name="gateway journal"),
+            "source": SourceRef(protocol="gateway", device_id="gateway", address=str(self._journal.path)),
+        }
+        alarm = make_event(
+            **common,
+            state=EventState.ALARM,
+            occurred_at=fault.since,
+            detected_at=fault.since,
+            text=f"journal writes failing: {fault.error}",
+        )
+        restore = make_event(
+            **common,
+            state=EventState.RESTORE,
+            occurred_at=now,
+            detected_at=now,
+            text=f"journal writable again after {fault.failures} failed commit(s)",
+        )
+        return Batch(events=(alarm, restore))
+
+    def _retry_fault(self) -> None:
+        """The fault timer: nothing else may come to commit (a quiet site), so try the journal on its own."""
+        self._fault_timer = None
+        if self._fault is not None and self._writer_on and not self._committing:
+            self._committing = True
+            self._start_commit(retry=True)
 
     def _commit_done(self, group: list[_Pending], plan: Plan, done: Future[None]) -> None:
         """On the loop: resolves the group's callers, then plans the next group one iteration later, after
@@ -322,6 +386,8 @@ class DeliverySink(RunsInBackground):
             self._committing = False
             self._crash(exc)
             return
+        if exc is not None and self._fault_timer is None:
+            self._fault_timer = asyncio.get_running_loop().call_later(FAULT_RETRY, self._retry_fault)
         if self._writer_on:
             asyncio.get_running_loop().call_soon(self._start_commit)  # _committing stays True until then
         else:
@@ -337,13 +403,21 @@ class DeliverySink(RunsInBackground):
             return
         error = outcome if isinstance(outcome, JournalError) else JournalError(f"journal writer failed: {outcome!r}")
         self._write_failed = True
-        log.error("journal_commit_failed", error=str(error), batches=len(group))
+        self.stats.journal_write_failures += 1
+        if self._fault is None:
+            self._fault = _Fault(datetime.now(UTC), str(error))
+        else:
+            self._fault.failures += 1
+        log.error("journal_commit_failed", error=str(error), batches=len(group), failures=self._fault.failures)
         for item in group:
             if not item.future.done():
                 item.future.set_exception(error)
 
     def _committed(self, group: list[_Pending], result: CommitResult) -> None:
         self._write_failed = False
+        if self._fault is not None:  # its events went first into this commit
+            log.info("journal_writable_again", since=self._fault.since.isoformat(), failures=self._fault.failures)
+            self._fault = None
         self.stats.commits += 1
         self.stats.committed_batches += len(group)
         self.stats.journaled += len(result.journaled)
@@ -352,7 +426,8 @@ class DeliverySink(RunsInBackground):
         if result.shed:
             self.stats.shed += result.shed
             log.warning("journal_info_shed", count=result.shed, total=self._journal.shed_total)
-        for item, events in zip(group, result.per_batch, strict=True):
+        per_batch = result.per_batch[len(result.per_batch) - len(group) :]  # after the fault's batch, if any
+        for item, events in zip(group, per_batch, strict=True):
             if not item.future.done():
                 item.future.set_result(events)
 
@@ -381,9 +456,12 @@ class DeliverySink(RunsInBackground):
             await asyncio.shield(self._write_marks(seqs, states))
         except JournalError as exc:
             self._write_failed = True
+            self.stats.journal_write_failures += 1
             self.outbox.put_back(seqs, states)  # never dropped: the next flush tries again
             log.error("journal_mark_failed", error=str(exc), marks=len(seqs) + len(states))
         else:
+            if self._fault is None:  # writable again (while commits fail, only a commit says so)
+                self._write_failed = False
             if seqs:
                 self.stats.published_seq = max(self.stats.published_seq, *seqs)
                 if not self._confirming:  # confirm: broker: the PUBACK is the confirmation
@@ -448,8 +526,9 @@ class DeliverySink(RunsInBackground):
             return
         earlier = self._confirms.get(doc.receiver)
         if earlier is not None:
-            seqs = sorted({*earlier.seqs, *doc.seqs})[: len(doc.seqs) + len(earlier.seqs)]
-            doc = doc.model_copy(update={"up_to_seq": max(doc.up_to_seq, earlier.up_to_seq), "seqs": seqs})
+            up_to = max(doc.up_to_seq, earlier.up_to_seq)
+            seqs = sorted({s for s in (*earlier.seqs, *doc.seqs) if s > up_to})
+            doc = doc.model_copy(update={"up_to_seq": up_to, "seqs": seqs})
         self._confirms[doc.receiver] = doc
         self._confirm_wake.set()
 
@@ -471,6 +550,7 @@ class DeliverySink(RunsInBackground):
                 except JournalError as exc:
                     log.error("journal_confirm_failed", error=str(exc))
                     self._write_failed = True
+                    self.stats.journal_write_failures += 1
                     self._confirms.setdefault(receiver, doc)  # applied with the next one
                     self._confirm_wake.set()
                     await asyncio.sleep(MARK_INTERVAL)  # a failing disk: retry soon, not in a tight loop
@@ -548,8 +628,13 @@ class DeliverySink(RunsInBackground):
         )
 
     async def _heartbeat(self) -> HeartbeatDoc:
-        oldest = await self._db(self._journal.oldest_undelivered_at)
+        """Published even while the journal fails (then with journal_ok false and the last known age)."""
         now = time.time()
+        try:
+            oldest = await self._db(self._journal.oldest_undelivered_at)
+        except JournalError:
+            age = self.stats.oldest_undelivered_age
+            oldest = None if age is None else now - age
         online, total = self._devices()
         self.stats.journal_depth = self._journal.depth
         self.stats.oldest_undelivered_age = None if oldest is None else max(0.0, now - oldest)

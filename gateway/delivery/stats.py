@@ -28,6 +28,7 @@ class DeliveryStats:
     refused_connect: bool = False  # the last connection attempt was refused (until a CONNACK accepts one)
     refused_topics: set[str] = field(default_factory=set)  # topics refused and not accepted since
     commits: int = 0  # journal transactions (each one fsync)
+    journal_write_failures: int = 0  # journal writes that failed: commits, PUBACK marks, confirmations
     committed_batches: int = 0
     journaled: int = 0  # events journaled (incl. shed announcements)
     shed: int = 0  # info events shed because of the disk bound (this process)

@@ -66,5 +66,11 @@ class VerificationFailed(DeviceError):
     """A write was accepted but the read-back shows another value."""
 
 
+class NotAccepted(GatewayError):
+    """An event sink could not durably accept a batch (journal disk full, I/O error, read-only file system,
+    sink closed). Nothing of the step that made the batch took effect: the normaliser rolled it back, and an
+    adapter offers the reading (or device status) again later instead of recording it as handed on."""
+
+
 class DeliveryError(GatewayError):
     """The meldkamer link failed (broker unreachable, TLS failure, publish timed out)."""

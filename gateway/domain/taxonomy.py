@@ -46,6 +46,7 @@ class EventType(StrEnum):
     DISARMED = "disarmed"
     PERIODIC_TEST = "periodic_test"
     INFO_SHED = "info_shed"
+    JOURNAL_FAULT = "journal_fault"
     COMMAND = "command"
 
 
@@ -82,6 +83,10 @@ TYPES: dict[EventType, TypeInfo] = {
     EventType.DISARMED: TypeInfo(Category.INTRUSION, 5, "401", "OP", None),
     EventType.PERIODIC_TEST: TypeInfo(Category.SUPERVISION, 5, "602", "RP", None),
     EventType.INFO_SHED: TypeInfo(Category.SUPERVISION, 3, "354", "YK", None),
+    # The gateway's own journal could not be written (disk full, I/O error, read-only): Contact ID 300 "system
+    # trouble" (the table has no code for a storage fault; 354 and 624 "event log overflow" mean something
+    # else), SIA YX "service required" / YZ "service completed" (YP/YQ would say power supply).
+    EventType.JOURNAL_FAULT: TypeInfo(Category.SUPERVISION, 2, "300", "YX", "YZ"),
     EventType.COMMAND: TypeInfo(Category.SUPERVISION, 5, "000", "LX", None),
 }
 

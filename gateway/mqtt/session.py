@@ -316,8 +316,8 @@ class Session(Generic[T]):
             error = ConnectFailed(f"{type(exc).__name__}: {exc}")
             self._end(error)
             raise error from exc
-        self._attach()
         self._connack = self._loop.create_future()
+        self._attach()
         try:
             async with asyncio.timeout(self.options.connect_timeout):
                 await self._connack
@@ -438,8 +438,11 @@ class Session(Generic[T]):
     def abort(self) -> None:
         """Ends the session now without DISCONNECT (the broker publishes the will). Idempotent; not from
         inside paho's callbacks (use `fail`)."""
-        sock = self._sock
-        if sock is not None and self._client.socket() is not None:
+        with self._handoff:  # a connect still running on its thread closes its connection itself
+            self._abandoned = True
+            opened = self._opened
+        sock = self._client.socket() if opened else None
+        if isinstance(sock, socket.socket):
             self._closing = True
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)  # the broker sees the connection end without DISCONNECT

@@ -203,6 +203,12 @@ class GatewayCollector:
         )
         yield from _confirmation_metrics(site, stats)
         yield _counter("gcmk_journal_commits", "Journal transactions", site, stats.commits)
+        yield _counter(
+            "gcmk_journal_write_failures",
+            "Journal writes that failed (commits, PUBACK marks, confirmations): disk full, I/O error, read-only",
+            site,
+            stats.journal_write_failures,
+        )
         yield _gauge("gcmk_journal_last_seq", "Highest seq assigned", site, stats.last_seq)
         yield _gauge("gcmk_mqtt_connected", "1 while the MQTT session is up", site, float(stats.connected))
         yield _counter("gcmk_mqtt_connects", "Successful MQTT connections", site, stats.connects)
