@@ -39,7 +39,7 @@ log = structlog.get_logger(__name__)
 # The version of the file's tables. Any change to them raises it by one, with a step in MIGRATIONS (below)
 # that brings a journal from the previous version to this one, and _SCHEMA describing the new version.
 SCHEMA_VERSION = 2
-PRUNE_CHUNK = 5_000  # rows per DELETE, so one prune never holds the writer for long
+PRUNE_CHUNK = 100  # rows per DELETE: one chunk holds the journal thread a few milliseconds (bench/bench_prune.py)
 # The disk bound is measured (one SQLite call) only when an over-estimate of the growth since the last
 # measurement could have crossed it, and at least every MEASURE_EVERY commits.
 MEASURE_EVERY = 64
@@ -705,6 +705,8 @@ class Journal:
                 " AND delivered_at < ? ORDER BY delivered_at LIMIT ?)",
                 (cutoff, chunk),
             )
+        if cursor.rowcount:  # the WAL pages of the delete are checkpointed here, not by the next alarm's commit
+            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         return cursor.rowcount
 
     # --- helpers -----------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ QUEUE_BATCHES = 1_024  # accept() callers waiting for the writer before back-pre
 GROUP_MAX = 2_048  # batches per commit
 MARK_INTERVAL = 0.1  # seconds between writes of PUBACK marks
 PRUNE_INTERVAL = 600.0
+PRUNE_PAUSE = 4.0  # pause after each prune chunk, in multiples of the time the chunk took
 CLOSE_GRACE = 3.0
 FAULT_RETRY = 1.0  # seconds between the writer's own journal attempts while commits fail and nothing is queued
 
@@ -487,20 +488,31 @@ class DeliverySink(RunsInBackground):
         return False
 
     async def _pruner(self) -> None:
-        """Retention: deletes delivered events in chunks of PRUNE_CHUNK, each its own job on the journal
-        thread, so the commits of alarms interleave with a long prune instead of waiting behind it."""
         while True:
-            pruned = 0
             try:
-                while (chunk := await self._db(self._journal.prune, time.time(), PRUNE_CHUNK)) > 0:
-                    pruned += chunk
-                    if chunk < PRUNE_CHUNK:
-                        break
+                pruned = await self.prune(time.time())
             except JournalError as exc:
                 log.error("journal_prune_failed", error=str(exc))
-            if pruned:
-                log.info("journal_pruned", events=pruned)
+            else:
+                if pruned:
+                    log.info("journal_pruned", events=pruned)
             await asyncio.sleep(PRUNE_INTERVAL)
+
+    async def prune(self, now: float) -> int:
+        """Retention: deletes delivered events older than it in chunks of PRUNE_CHUNK rows, each its own job
+        on the journal thread, started only while no commit waits, and followed by a pause PRUNE_PAUSE times
+        as long as the chunk took. An alarm's commit thus waits behind one small chunk at most, and the disk
+        is busy with housekeeping a fifth of the time at most (bench/bench_prune.py)."""
+        total = 0
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._idle.wait()
+            started = loop.time()
+            chunk = await self._db(self._journal.prune, now, PRUNE_CHUNK)
+            total += chunk
+            if chunk < PRUNE_CHUNK:
+                return total
+            await asyncio.sleep(PRUNE_PAUSE * (loop.time() - started))  # pacing: commits get the disk between chunks
 
     # --- meldkamer confirmation, redelivery, replay ---------------------------------------------------
 
