@@ -160,6 +160,7 @@ class DeliverySink(RunsInBackground):
         self._confirm_wake = asyncio.Event()
         self._replay: tuple[int, int] | None = None  # (next seq, last seq) of a replay being paged in
         self._warned_receivers: set[str] = set()
+        self._progress_at = 0.0  # monotonic time the receivers' cumulative confirmation last moved
         make_publisher = publisher or Publisher
         subscriptions = {confirm_topic(site.site.id): self._on_confirm} if self._confirming else {}
         self.publisher = make_publisher(
@@ -569,6 +570,8 @@ class DeliverySink(RunsInBackground):
                     continue
                 self.stats.confirmations += 1
                 self.stats.confirmed += newly
+                if self._journal.confirmed_seq > self.stats.confirmed_seq:  # the cumulative floor moved
+                    self._progress_at = time.monotonic()
                 self.stats.confirmed_seq = self._journal.confirmed_seq
                 self.stats.journal_depth = self._journal.depth
 
@@ -587,7 +590,10 @@ class DeliverySink(RunsInBackground):
                     start, last = self._replay
                     page = parse_page(await self._db(self._journal.read_range_json, start, last, room))
                     self._replay = (page[-1].seq + 1, last) if page and page[-1].seq < last else None
-                elif self._confirming:
+                elif self._confirming and time.monotonic() - self._progress_at > timeout:
+                    # Only while the cumulative confirmation stalls: a receiver that is catching up (just
+                    # slower than we publish) would otherwise get everything twice; a gap below isolated
+                    # confirmations stalls it, so the missing event does come again.
                     page = parse_page(await self._db(self._journal.read_unconfirmed_json, time.time(), timeout, room))
                 else:
                     continue

@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from gateway.commands.contract import CommandResultDoc, ReplayDoc, commands_topic
 from gateway.delivery.contract import MAX_CONFIRM_SEQS, ROOT, ConfirmDoc, confirm_topic
 from gateway.domain.event import utcnow
-from gateway.mqtt.client import PROBE_TIMEOUT, refuses_protocol
+from gateway.mqtt.client import NODELAY, PROBE_TIMEOUT, refuses_protocol
 from gateway.tools.receiver import Notice, ReceiverState
 from gateway.tools.receiver_store import Received, ReceiverStore
 from gateway.tools.seqtrack import SeqTracker
@@ -46,6 +46,7 @@ BATCH_MAX = 1_000  # events per store transaction
 SESSION_EXPIRY = 7 * 86400
 REPLAY_RETRY = 10.0  # seconds before the same gap is asked for again
 REPLAY_TTL = 60.0
+CONFIRM_TIMEOUT = 2.0  # seconds a confirmation may wait for its PUBACK before the next round retries it
 
 
 @dataclass
@@ -75,7 +76,10 @@ class ReceiverLink:
     replays_asked: int = 0
     _client: aiomqtt.Client | None = None
     _connected_once: bool = False
+    _lasted: bool = False  # the current connection got as far as its subscriptions
     _durable: dict[str, SeqTracker] = field(default_factory=dict)
+    _unconfirmed: set[str] = field(default_factory=set)  # sites stored since their last confirmation
+    _confirm_wake: asyncio.Event = field(default_factory=asyncio.Event)
     _gaps: dict[tuple[str, int], _Gap] = field(default_factory=dict)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -91,6 +95,7 @@ class ReceiverLink:
                 tasks = [
                     tg.create_task(self._consume(queue)),
                     tg.create_task(self._write(queue, store, executor)),
+                    tg.create_task(self._send_confirmations()),
                     tg.create_task(self._ask_for_replays()),
                     tg.create_task(self._watch_heartbeats()),
                 ]
@@ -118,6 +123,7 @@ class ReceiverLink:
             identifier=self.options.identifier,
             tls_params=tls,
             keepalive=10,
+            socket_options=NODELAY,  # confirmations are small packets behind others: no Nagle delay
             timeout=PROBE_TIMEOUT if v5 and not self._connected_once else 10.0,
             **session,
         )
@@ -138,25 +144,45 @@ class ReceiverLink:
         while True:
             client = self._new_client(v5)  # a fresh client per connection: same id, same persistent session
             try:
-                async with client:
-                    for topic in self._topics():
-                        await client.subscribe(topic, qos=1)
-                    self._client = client
-                    self._connected_once = True
-                    backoff = 0.2
-                    for site in list(self._durable):
-                        await self._confirm(site)  # cumulative: repairs confirmations lost while away
-                    async for message in client.messages:
-                        await self._on_message(str(message.topic), _payload(message.payload), queue)
+                await self._session(client, queue)
             except aiomqtt.MqttError as exc:
                 if v5 and not self._connected_once and refuses_protocol(exc):
                     v5 = False  # a 3.1.1-only broker (e.g. the demo's): same session semantics
                     continue
                 log.warning("receiver connection lost; reconnecting", error=str(exc), in_s=backoff)
+                if self._lasted:
+                    backoff = 0.2
             finally:
                 self._client = None
             await asyncio.sleep(backoff)  # backoff between attempts, not synchronisation
             backoff = min(backoff * 2, 5.0)
+
+    async def _session(self, client: aiomqtt.Client, queue: asyncio.Queue[Received]) -> None:
+        """One connection. Reads while it subscribes: with a persistent session the broker pushes the whole
+        backlog before it acknowledges the SUBSCRIBE, which would otherwise wait for all of it."""
+        self._lasted = False
+        async with client:
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    subscribing = tg.create_task(self._subscribe(client))
+                    self._client = client
+                    self._connected_once = True
+                    self._confirm_all()  # cumulative: repairs confirmations lost while away
+                    async for message in client.messages:
+                        self._lasted = self._lasted or subscribing.done()
+                        await self._on_message(str(message.topic), _payload(message.payload), queue)
+            except BaseExceptionGroup as group:
+                lost = group.subgroup(aiomqtt.MqttError)
+                if lost is None:
+                    raise
+                first: BaseException = lost
+                while isinstance(first, BaseExceptionGroup):
+                    first = first.exceptions[0]
+                raise first from None
+
+    async def _subscribe(self, client: aiomqtt.Client) -> None:
+        for topic in self._topics():
+            await client.subscribe(topic, qos=1)
 
     async def _on_message(self, topic: str, payload: bytes, queue: asyncio.Queue[Received]) -> None:
         if topic.endswith("/command-results"):
@@ -182,23 +208,38 @@ class ReceiverLink:
                 tracker.add(item.seq)
                 touched[item.site] = tracker
             await loop.run_in_executor(executor, store.store, batch, touched)
-            for site in touched:
-                await self._confirm(site)
+            self._unconfirmed.update(touched)  # confirmed by `_send_confirmations`: the store never waits
+            self._confirm_wake.set()
 
-    async def _confirm(self, site: str) -> None:
-        client, tracker = self._client, self._durable.get(site)
-        if client is None or tracker is None:
-            return  # sent after the next commit or on the next connection
-        doc = ConfirmDoc(
-            site=site,
-            receiver=self.options.identifier,
-            up_to_seq=tracker.up_to,
-            seqs=tracker.above[:MAX_CONFIRM_SEQS],
-            at=utcnow(),
-        )
-        with contextlib.suppress(aiomqtt.MqttError):
-            await client.publish(confirm_topic(site), doc.to_json(), qos=1)
-            self.confirms_sent += 1
+    def _confirm_all(self) -> None:
+        self._unconfirmed.update(self._durable)
+        self._confirm_wake.set()
+
+    async def _send_confirmations(self) -> None:
+        """Publishes the latest position of every site stored since the last round. Its own task, so a
+        confirmation whose PUBACK never comes (the broker died) holds up neither storing nor reading: the
+        next round, on the next connection, carries the same (cumulative) position."""
+        while True:
+            await self._confirm_wake.wait()
+            self._confirm_wake.clear()
+            client = self._client
+            if client is None:
+                continue  # _confirm_all() on the next connection
+            sites, self._unconfirmed = self._unconfirmed, set()
+            for site in sites:
+                tracker = self._durable[site]
+                doc = ConfirmDoc(
+                    site=site,
+                    receiver=self.options.identifier,
+                    up_to_seq=tracker.up_to,
+                    seqs=tracker.above[:MAX_CONFIRM_SEQS],
+                    at=utcnow(),
+                )
+                try:
+                    await client.publish(confirm_topic(site), doc.to_json(), qos=1, timeout=CONFIRM_TIMEOUT)
+                    self.confirms_sent += 1
+                except aiomqtt.MqttError:
+                    self._unconfirmed.add(site)  # sent again with the next round
 
     # --- replays -------------------------------------------------------------------------------------
 

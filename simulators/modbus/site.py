@@ -9,6 +9,7 @@ devices to rtu_over_tcp), so neither tests nor the demo need fixed ports.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -19,6 +20,7 @@ from gateway.config.models import ModbusDevice, ModbusSource, PointConfig, SiteC
 from gateway.domain.values import RawValue
 from simulators.control import Fault
 from simulators.modbus.server import FaultyServer, RequestRecord
+from simulators.truth import TruthLog
 
 _FUNCTION = {"coil": 1, "discrete_input": 2, "holding": 3, "input": 4}
 _TABLES = ("coil", "discrete_input", "holding", "input")
@@ -37,11 +39,13 @@ class ModbusSiteSimulator:
     """The site's Modbus devices on loopback; implements simulators.control.SiteSimulatorProtocol.
 
     `absent` names points whose registers the simulated device does not have (it answers exception 02
-    for reads that touch them), to exercise configuration faults.
+    for reads that touch them), to exercise configuration faults. With `truth`, every value it sets
+    (`set_raw`, and so every control call) is also written to that log with its time (simulators/truth.py).
     """
 
-    def __init__(self, site: SiteConfig, *, absent: Iterable[str] = ()) -> None:
+    def __init__(self, site: SiteConfig, *, absent: Iterable[str] = (), truth: TruthLog | None = None) -> None:
         self.site = site
+        self.truth = truth
         self.devices = {d.id: d for d in site.devices if isinstance(d, ModbusDevice)}
         self.points = {
             p.id: p for p in site.points if p.device in self.devices and isinstance(p.source, ModbusSource)
@@ -91,6 +95,12 @@ class ModbusSiteSimulator:
         return point_id in self.points
 
     async def set_raw(self, point_id: str, value: RawValue) -> None:
+        started = time.time()
+        await self._write_raw(point_id, value)
+        if self.truth is not None:
+            self.truth.change(point_id, value, started)
+
+    async def _write_raw(self, point_id: str, value: RawValue) -> None:
         point, src, server, unit = self._locate(point_id)
         if not isinstance(value, int) or isinstance(value, bool):
             raise ValueError(f"point {point_id}: a Modbus raw value is an integer, not {value!r}")
