@@ -61,14 +61,10 @@ class SiteView:
 
 
 class ReceiverState:
-    def __init__(
-        self, *, lost_after: float = 15.0, site: str | None = None, positions: dict[str, SeqTracker] | None = None
-    ) -> None:
+    def __init__(self, *, lost_after: float = 15.0, site: str | None = None) -> None:
         self.lost_after = lost_after
         self.site_filter = site
         self.sites: dict[str, SiteView] = {}
-        for name, tracker in (positions or {}).items():  # resumed from the receiver's store
-            self.view(name).seqs = tracker
         self.unparsable = 0
 
     def view(self, site: str) -> SiteView:
