@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.core.normaliser import Normaliser
-from gateway.core.ports import DeviceStatus, Quality, Reading
+from gateway.core.ports import DeviceStatus, Quality
 from gateway.domain.event import Event
-from gateway.domain.state import Batch
 from gateway.domain.taxonomy import EventState, EventType
-from tests.support.sites import minimal_site
-
-SITE = minimal_site()
-T0 = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
-
-
-def _at(seconds: float) -> datetime:
-    return T0 + timedelta(seconds=seconds)
-
-
-def _read(point: str, value: object, at: float, quality: Quality = Quality.GOOD, **kw: object) -> Reading:
-    return Reading(point, value, quality, _at(at), **kw)  # type: ignore[arg-type]
-
-
-def _events(batch: Batch) -> list[tuple[str, str, str]]:
-    return [(e.point.id, e.type.value, e.state.value) for e in batch.events]
+from tests.support.readings import SITE, T0
+from tests.support.readings import at as _at
+from tests.support.readings import events as _events
+from tests.support.readings import read as _read
 
 
 def test_an_alarm_seen_by_many_polls_is_one_alarm_and_one_restore() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
 from functools import partial
 
 import pytest
@@ -18,28 +17,15 @@ from hypothesis import strategies as st
 
 from gateway.core.normaliser import Normaliser, Step
 from gateway.core.pipeline import Pipeline
-from gateway.core.ports import DeviceStatus, Quality, Reading
+from gateway.core.ports import DeviceStatus, Quality
 from gateway.domain.errors import NotAccepted
 from gateway.domain.event import Event
 from gateway.domain.state import Batch
 from gateway.testing import CollectingSink, FakeClock
-from tests.support.sites import minimal_site
-
-SITE = minimal_site()
-T0 = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
-
-
-def _at(seconds: float) -> datetime:
-    return T0 + timedelta(seconds=seconds)
-
-
-def _read(point: str, value: object, at: float, quality: Quality = Quality.GOOD, **kw: object) -> Reading:
-    return Reading(point, value, quality, _at(at), **kw)  # type: ignore[arg-type]
-
-
-def _events(batch: Batch) -> list[tuple[str, str, str]]:
-    return [(e.point.id, e.type.value, e.state.value) for e in batch.events]
-
+from tests.support.readings import SITE, T0
+from tests.support.readings import at as _at
+from tests.support.readings import events as _events
+from tests.support.readings import read as _read
 
 # --- the normaliser ------------------------------------------------------------------------------------
 
