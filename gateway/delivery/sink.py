@@ -524,7 +524,9 @@ class DeliverySink(RunsInBackground):
             doc = ConfirmDoc.model_validate_json(payload)
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
             self.stats.confirmations_invalid += 1
-            log.warning("confirmation_invalid", error=str(exc).splitlines()[0])
+            n = self.stats.confirmations_invalid
+            if n in (1, 10, 100, 1000) or n % 10_000 == 0:  # counted always; logged without flooding
+                log.warning("confirmation_invalid", error=str(exc).splitlines()[0], total=n)
             return
         if doc.site != self.site.site.id or doc.receiver not in self._delivery.receivers:
             self.stats.confirmations_invalid += 1
