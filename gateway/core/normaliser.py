@@ -90,16 +90,67 @@ class NormaliserStats:
 
 class Normaliser:
     def __init__(self, site: SiteConfig, *, epoch: datetime) -> None:
+        self._live: dict[str, _Live] = {}
+        self._online: dict[str, bool | None] = {}
+        self._device_since: dict[str, datetime] = {}
+        self._configure(site, epoch, ended=())
+        self.stats = NormaliserStats()
+
+    def _configure(self, site: SiteConfig, epoch: datetime, ended: Iterable[str]) -> None:
+        """Take `site` as the config; live state is carried over by point id and device id, except for
+        the points in `ended` (replaced by a point of another kind), which start unknown like new ones."""
+        ended = set(ended)
         self._site = site
         self._points = {p.id: p for p in site.points}
         self._devices = {d.id: d for d in site.devices}
         self._addresses = {d.id: d.address_text for d in site.devices}
         self._classifiers = {p.id: _classifier(p) for p in site.points if p.kind == "state"}
         self._momentary = {p.id: {str(e.value): e for e in p.events} for p in site.points if p.kind == "momentary"}
-        self._live = {p.id: _Live(PointState(p.id, UNKNOWN, None, epoch)) for p in site.points}
-        self._online: dict[str, bool | None] = {d.id: None for d in site.devices}
-        self._device_since: dict[str, datetime] = {d.id: epoch for d in site.devices}
-        self.stats = NormaliserStats()
+        live = self._live
+        self._live = {
+            p.id: live[p.id] if p.id in live and p.id not in ended else _Live(PointState(p.id, UNKNOWN, None, epoch))
+            for p in site.points
+        }
+        online, since = self._online, self._device_since
+        self._online = {d.id: online.get(d.id) for d in site.devices}
+        self._device_since = {d.id: since.get(d.id, epoch) for d in site.devices}
+
+    # --- reconfiguration (gateway/app/reload.py) ---------------------------------------------------------
+
+    def reconfigure(self, site: SiteConfig, now: datetime, ended: Iterable[str] = ()) -> None:
+        """Adopt a new site config at once (synchronous: no reading can come between). Points and devices
+        in both configs keep their condition, quality and pending change, so an alarm active during the
+        reload is neither repeated nor restored; new points start unknown, like at a start. Call
+        `ending_step` first for what the new config removes."""
+        self._configure(site, now, ended)
+
+    def ending_step(self, site: SiteConfig, now: datetime, ended: Iterable[str] = ()) -> Step:
+        """The final events for what `site` (the new config) removes, not yet applied: a restore with `cause`
+        point_removed for every ended point in alarm (the ids in `ended` are ended too: replaced by a point of
+        another kind), and a comm_loss restore with cause device_removed for every removed device that is
+        offline. The ended points' state rows become unknown, so that a point added again later starts afresh.
+        The step changes nothing here (no before-images: nothing to roll back); the reload has the pipeline
+        hold every point's key while it is journaled (`Pipeline.apply(step, hold=...)`)."""
+        keep = {p.id for p in site.points} - set(ended)
+        events: list[Event] = []
+        rows: list[PointState] = []
+        for pid, live in self._live.items():
+            if pid in keep:
+                continue
+            rows.append(PointState(pid, UNKNOWN, None, now))
+            condition = live.state.condition
+            if condition in (NORMAL, UNKNOWN) or self._points[pid].kind != "state":
+                continue
+            reading = Reading(pid, live.state.value, live.quality, now)
+            text = "point removed from the site config by a reload: its alarm ends unobserved"
+            event = self._point_event(self._points[pid], EventType(condition), EventState.RESTORE, reading, now)
+            events.append(event.model_copy(update={"cause": "point_removed", "text": text, "occurred_at": now}))
+        devices_left = {d.id for d in site.devices}
+        for device_id, online in self._online.items():
+            if device_id not in devices_left and online is False:
+                event = self._comm_loss(device_id, EventState.RESTORE, now, "device removed from the site config")
+                events.append(event.model_copy(update={"cause": "device_removed"}))
+        return Step(Batch(tuple(events), tuple(rows)))
 
     # --- state table ---------------------------------------------------------------------------------
 
@@ -353,20 +404,25 @@ class Normaliser:
             return Batch()
         self._online[device.id] = status.online
         self._device_since[device.id] = status.at
-        event = self._event(
+        state = EventState.RESTORE if status.online else EventState.ALARM
+        event = self._comm_loss(device.id, state, status.at, status.reason or None)
+        return Batch(events=(event,), devices=(DeviceState(device.id, status.online, status.at),))
+
+    def _comm_loss(self, device_id: str, state: EventState, at: datetime, text: str | None) -> Event:
+        device = self._devices[device_id]
+        return self._event(
             tenant=None,
             category=Category.SUPERVISION,
             event_type=EventType.COMM_LOSS,
-            state=EventState.RESTORE if status.online else EventState.ALARM,
+            state=state,
             priority=TYPES[EventType.COMM_LOSS].priority,
             point=PointRef(id=device.id, name=device.name),
             source=SourceRef(protocol=device.protocol, device_id=device.id, address=self._addresses[device.id]),
-            occurred_at=status.at,
-            detected_at=status.at,
+            occurred_at=at,
+            detected_at=at,
             commissioning=False,
-            text=status.reason or None,
+            text=text,
         )
-        return Batch(events=(event,), devices=(DeviceState(device.id, status.online, status.at),))
 
     def _event(
         self,

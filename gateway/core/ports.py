@@ -9,12 +9,13 @@ components and adapters report to the operator endpoints without those knowing a
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
+from gateway.config.models import SiteConfig
 from gateway.core.histogram import Buckets
 from gateway.domain.event import Credential, Event, Notification
 from gateway.domain.state import Batch, DeviceState, PointState
@@ -69,6 +70,14 @@ class Adapter(Protocol):
     name: str
 
     async def run(self, sink: ReadingSink) -> None: ...
+
+
+@runtime_checkable
+class Reconfigurable(Protocol):
+    """An adapter that can adopt a new site config while running (gateway/app/reload.py), starting and
+    stopping only `devices` (added, removed or changed); its other devices keep running."""
+
+    async def reconfigure(self, site: SiteConfig, devices: Collection[str]) -> None: ...
 
 
 class EventSink(Protocol):

@@ -48,6 +48,8 @@ class EventType(StrEnum):
     INFO_SHED = "info_shed"
     JOURNAL_FAULT = "journal_fault"
     COMMAND = "command"
+    CONFIG_CHANGED = "config_changed"
+    CONFIG_RELOAD_FAILED = "config_reload_failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,15 @@ TYPES: dict[EventType, TypeInfo] = {
     # else), SIA YX "service required" / YZ "service completed" (YP/YQ would say power supply).
     EventType.JOURNAL_FAULT: TypeInfo(Category.SUPERVISION, 2, "300", "YX", "YZ"),
     EventType.COMMAND: TypeInfo(Category.SUPERVISION, 5, "000", "LX", None),
+    # A reload applied a new site config (audit, info): Contact ID 306 "panel programming changed", SIA RS
+    # "remote program success" (the change came from outside the panel; YG "parameter changed" would do too,
+    # RS pairs with the failure's RU).
+    EventType.CONFIG_CHANGED: TypeInfo(Category.SUPERVISION, 5, "306", "RS", None),
+    # A reload was refused (invalid file, or a change that needs a restart): the gateway keeps the old config.
+    # Contact ID has no code for a refused programming attempt (306 would say the programming changed), so 300
+    # "system trouble", as for the journal; SIA RU "remote program fail". Priority 3: nothing is lost, but the
+    # building does not run the config its installer deployed.
+    EventType.CONFIG_RELOAD_FAILED: TypeInfo(Category.SUPERVISION, 3, "300", "RU", None),
 }
 
 # Contact ID qualifiers: 1 = new event / opening, 3 = restore / closing, 6 = still present.
