@@ -187,6 +187,10 @@ class Gateway:
             return HealthReport(False, "starting")
         if self.stopping.is_set():
             return HealthReport(False, "stopping")
+        blind = self.normaliser.unavailable_points()
+        if blind:  # still ready (the other points report), but not all well: say which device is half blind
+            per_device = ", ".join(f"{device}: {len(points)}" for device, points in sorted(blind.items()))
+            return HealthReport(True, f"running; points unavailable (the device says they do not exist): {per_device}")
         return HealthReport(True, "running")
 
     @property

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway import __version__
+from gateway.cli.commissioning import add_parsers as add_commissioning_parsers
+from gateway.cli.discover import add_parsers as add_onboarding_parsers
 from gateway.config.loader import load_site
 from gateway.config.models import SiteConfig
 from gateway.config.source import SiteSource
@@ -146,6 +148,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     receive.add_argument("--json", action="store_true", help="JSON lines, and a JSON summary at the end")
     receive.set_defaults(handler=_receive)
+
+    add_onboarding_parsers(commands)  # discover bacnet|modbus, ede import|export (gateway/cli/discover.py)
+    add_commissioning_parsers(commands)  # check, walktest (gateway/cli/commissioning.py)
     return parser
 
 

@@ -7,6 +7,12 @@ often a value is polled. A change must hold for the point's debounce time before
 (a silent device, an unreadable reply) changes nothing: no false restore. Momentary points (access
 events, arm/disarm) emit one event per new occurrence instead.
 
+A point the device says does not exist (quality `unavailable`) is blind, which is an alarm, not silence: one
+`point_unavailable` alarm (the reason in its text) when it becomes so, its restore with the first good
+reading after. It is tracked apart from the condition (a blind point in alarm stays in alarm: no false
+restore) and persisted as a device-state row keyed `unavailable:<point id>`, so a restart neither raises
+it again nor forgets its restore.
+
 Transactional: `offer`, `offer_tick` and `offer_status` apply a step at once and return it as a `Step`: the
 batch for the sink plus the before-images of what it changed. The caller (the pipeline) `commit`s it once
 the sink durably accepted the batch, or `rollback`s it when the sink did not: the points and the device are
@@ -18,7 +24,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import structlog
@@ -47,9 +53,15 @@ class _Live:
     state: PointState
     quality: Quality = Quality.BAD
     pending: _Pending | None = None
+    unavailable: bool = False  # a point_unavailable alarm is open for it
 
 
 Key = tuple[str, str]  # ("point", id) or ("device", id): what a step may change
+UNAVAILABLE_PREFIX = "unavailable:"  # device-state rows that persist a point's open point_unavailable alarm
+
+
+def unavailable_key(point_id: str) -> str:
+    return UNAVAILABLE_PREFIX + point_id
 
 
 def point_key(point_id: str) -> Key:
@@ -64,13 +76,13 @@ def device_key(device_id: str) -> Key:
 class Step:
     """One normaliser step, already applied: `batch` for the sink, and how to take the step back.
 
-    `points` are the before-images (state, quality, pending) of the points it changed, `devices` those of the
-    devices (online, since); `keys` names both, so that a caller can keep other steps off them until this
-    one is committed or rolled back.
+    `points` are the before-images (state, quality, pending, unavailable) of the points it changed,
+    `devices` those of the devices (online, since); `keys` names both, so that a caller can keep other steps
+    off them until this one is committed or rolled back.
     """
 
     batch: Batch = field(default_factory=Batch)
-    points: tuple[tuple[str, PointState, Quality, _Pending | None], ...] = ()
+    points: tuple[tuple[str, PointState, Quality, _Pending | None, bool], ...] = ()
     devices: tuple[tuple[str, bool | None, datetime], ...] = ()
 
     @property
@@ -160,7 +172,11 @@ class Normaliser:
             if row.point_id in self._live:
                 self._live[row.point_id] = _Live(row)
         for dev in devices:
-            if dev.device_id in self._online:
+            if dev.device_id.startswith(UNAVAILABLE_PREFIX):
+                live = self._live.get(dev.device_id.removeprefix(UNAVAILABLE_PREFIX))
+                if live is not None:
+                    live.unavailable = not dev.online
+            elif dev.device_id in self._online:
                 self._online[dev.device_id] = dev.online
                 self._device_since[dev.device_id] = dev.since
 
@@ -169,6 +185,14 @@ class Normaliser:
 
     def quality(self, point_id: str) -> Quality:
         return self._live[point_id].quality
+
+    def unavailable_points(self) -> dict[str, list[str]]:
+        """Device id -> its points with an open point_unavailable alarm (for health)."""
+        blind: dict[str, list[str]] = {}
+        for pid, live in self._live.items():
+            if live.unavailable:
+                blind.setdefault(self._points[pid].device, []).append(pid)
+        return blind
 
     def device_online(self, device_id: str) -> bool | None:
         return self._online[device_id]
@@ -193,9 +217,9 @@ class Normaliser:
 
         Exact only if no other step changed them since (the pipeline keeps other steps off `step.keys`
         until this one is settled)."""
-        for point_id, state, quality, pending in step.points:
+        for point_id, state, quality, pending, unavailable in step.points:
             live = self._live[point_id]
-            live.state, live.quality, live.pending = state, quality, pending
+            live.state, live.quality, live.pending, live.unavailable = state, quality, pending, unavailable
         for device_id, online, since in step.devices:
             self._online[device_id] = online
             self._device_since[device_id] = since
@@ -223,7 +247,7 @@ class Normaliser:
         if live is None:
             self._step_reading(reading)
             return Step()
-        before = (reading.point_id, live.state, live.quality, live.pending)
+        before = (reading.point_id, live.state, live.quality, live.pending, live.unavailable)
         batch = self._step_reading(reading)
         return Step(batch, (before,)) if batch else Step()
 
@@ -247,11 +271,17 @@ class Normaliser:
         return self._step_reading_of(point, live, reading)
 
     def _step_reading_of(self, point: PointConfig, live: _Live, reading: Reading) -> Batch:
+        if reading.quality is Quality.UNAVAILABLE:
+            live.quality = Quality.BAD
+            live.pending = None
+            return self._unavailable(point, live, reading, True)
         if reading.quality is Quality.BAD or reading.value is None:
             live.quality = Quality.BAD
             live.pending = None
             return Batch()
         live.quality = Quality.GOOD
+        if live.unavailable:  # readable again: the restore first, then what the value says
+            return _merge([self._unavailable(point, live, reading, False), self._step_reading_of(point, live, reading)])
         if point.kind == "momentary":
             return self._momentary_reading(point, live, reading)
         condition = self._classify(point, reading.value)
@@ -266,6 +296,18 @@ class Normaliser:
             live.pending = _Pending(condition, reading)
         return self._confirm_if_due(point, live, reading.detected_at)
 
+    def _unavailable(self, point: PointConfig, live: _Live, reading: Reading, blind: bool) -> Batch:
+        """Open (blind) or close the point's point_unavailable alarm; nothing if it is so already."""
+        if live.unavailable == blind:
+            return Batch()
+        live.unavailable = blind
+        state = EventState.ALARM if blind else EventState.RESTORE
+        # the restore's text says why it is one (a good reading carries no reason)
+        source = reading if blind else replace(reading, text="readable again", notification=None, credential=None)
+        event = self._point_event(point, EventType.POINT_UNAVAILABLE, state, source, reading.detected_at)
+        row = DeviceState(unavailable_key(point.id), not blind, reading.occurred_at or reading.detected_at)
+        return Batch(events=(event,), devices=(row,))
+
     def tick(self, now: datetime) -> Batch:
         """`offer_tick` and commit at once."""
         step = self.offer_tick(now)
@@ -279,7 +321,7 @@ class Normaliser:
         for pid, live in self._live.items():
             if live.pending is None:
                 continue
-            before = (pid, live.state, live.quality, live.pending)
+            before = (pid, live.state, live.quality, live.pending, live.unavailable)
             batch = self._confirm_if_due(self._points[pid], live, now)
             if batch:
                 befores.append(before)
@@ -456,6 +498,16 @@ class Normaliser:
             notification=reading.notification if reading else None,
             text=(reading.text if reading else None) or text,
         )
+
+
+def decode(point: PointConfig, value: RawValue) -> str | None:
+    """What one raw value means for the point, as the normaliser decides it: for a state point its condition
+    (`normal` or an event type), for a momentary point the event type it raises; None when the point's config
+    maps the value to nothing (a state point then goes to `fault`). For commissioning (`gcmk-gateway check`)."""
+    if point.kind == "momentary":
+        event = {_key(e.value): e for e in point.events}.get(_key(value))
+        return None if event is None else event.type.value
+    return _classifier(point).get(_key(value))
 
 
 def _key(value: RawValue | None) -> str:

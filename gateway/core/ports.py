@@ -25,6 +25,9 @@ from gateway.domain.values import RawValue
 class Quality(StrEnum):
     GOOD = "good"
     BAD = "bad"  # the value could not be read (device silent, malformed reply): never a restore
+    # The device answers but says this point does not exist (BACnet unknown-object / unknown-property, Modbus
+    # exception 01-03): a blind point, raised as a point_unavailable alarm with the reason in `text`.
+    UNAVAILABLE = "unavailable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +156,7 @@ DEVICE_COUNTERS: dict[str, str] = {
 DEVICE_GAUGES: dict[str, str] = {
     "cov_subscriptions_active": "BACnet COV subscriptions currently active",
     "polled_fallback_objects": "BACnet objects polled because the device refused COV for them",
+    "points_unavailable": "Configured points the device says do not exist (unknown object/property, exception 02)",
 }
 
 

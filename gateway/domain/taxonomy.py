@@ -41,6 +41,7 @@ class EventType(StrEnum):
     POWER_LOSS = "power_loss"
     LOW_BATTERY = "low_battery"
     COMM_LOSS = "comm_loss"
+    POINT_UNAVAILABLE = "point_unavailable"
     BYPASS = "bypass"
     ARMED = "armed"
     DISARMED = "disarmed"
@@ -80,6 +81,12 @@ TYPES: dict[EventType, TypeInfo] = {
     EventType.POWER_LOSS: TypeInfo(Category.TECHNICAL, 4, "301", "AT", "AR"),
     EventType.LOW_BATTERY: TypeInfo(Category.TECHNICAL, 4, "302", "YT", "YR"),
     EventType.COMM_LOSS: TypeInfo(Category.SUPERVISION, 2, "350", "YC", "YK"),
+    # A configured point the device says does not exist (BACnet unknown-object / unknown-property, Modbus
+    # exception 01-03): the device answers, but this point cannot report an alarm, so it is as blind as a
+    # point behind a lost link (priority 2, like comm_loss). Contact ID 380 "sensor trouble" is the code for
+    # one zone's sensor that cannot be supervised (350/354 are for the path and 373 for fire loops only); SIA
+    # UT / UJ "untyped zone trouble / trouble restore" carry the point as the zone number.
+    EventType.POINT_UNAVAILABLE: TypeInfo(Category.SUPERVISION, 2, "380", "UT", "UJ"),
     EventType.BYPASS: TypeInfo(Category.INTRUSION, 4, "570", "BB", "BU"),
     EventType.ARMED: TypeInfo(Category.INTRUSION, 5, "401", "CL", None),
     EventType.DISARMED: TypeInfo(Category.INTRUSION, 5, "401", "OP", None),
