@@ -146,10 +146,17 @@ class Normaliser:
         keep = {p.id for p in site.points} - set(ended)
         events: list[Event] = []
         rows: list[PointState] = []
+        blind_rows: list[DeviceState] = []
         for pid, live in self._live.items():
             if pid in keep:
                 continue
             rows.append(PointState(pid, UNKNOWN, None, now))
+            if live.unavailable:  # its point_unavailable alarm ends with it, or it would stay open for ever
+                reading = Reading(pid, None, live.quality, now, text="point removed from the site config")
+                point = self._points[pid]
+                blind = self._point_event(point, EventType.POINT_UNAVAILABLE, EventState.RESTORE, reading, now)
+                events.append(blind.model_copy(update={"cause": "point_removed"}))
+                blind_rows.append(DeviceState(unavailable_key(pid), True, now))
             condition = live.state.condition
             if condition in (NORMAL, UNKNOWN) or self._points[pid].kind != "state":
                 continue
@@ -162,7 +169,7 @@ class Normaliser:
             if device_id not in devices_left and online is False:
                 event = self._comm_loss(device_id, EventState.RESTORE, now, "device removed from the site config")
                 events.append(event.model_copy(update={"cause": "device_removed"}))
-        return Step(Batch(tuple(events), tuple(rows)))
+        return Step(Batch(tuple(events), tuple(rows), tuple(blind_rows)))
 
     # --- state table ---------------------------------------------------------------------------------
 

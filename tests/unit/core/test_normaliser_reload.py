@@ -6,7 +6,7 @@ from typing import Any
 
 from gateway.config.models import SiteConfig
 from gateway.core.normaliser import Normaliser
-from gateway.core.ports import DeviceStatus
+from gateway.core.ports import DeviceStatus, Quality
 from gateway.domain.state import UNKNOWN
 from tests.support.readings import SITE, T0, at
 from tests.support.readings import events as _events
@@ -89,3 +89,15 @@ def test_a_new_point_starts_unknown_and_a_replaced_one_starts_again() -> None:
     assert norm.point_state("pir-02").condition == UNKNOWN
     assert _events(norm.process(_read("pir-99", 0, 3))) == []  # unknown -> normal: no event, as at a start
     assert _events(norm.process(_read("pir-99", 1, 4))) == [("pir-99", "burglary", "alarm")]
+
+
+def test_a_removed_blind_point_closes_its_point_unavailable_alarm() -> None:
+    norm = Normaliser(SITE, epoch=T0)
+    (alarm,) = norm.process(_read("pir-03", None, 1, Quality.UNAVAILABLE, text="no such object")).events
+    assert (alarm.type.value, alarm.state.value) == ("point_unavailable", "alarm")
+    new = SITE.model_copy(update={"points": [p for p in SITE.points if p.id != "pir-03"]})
+    step = norm.ending_step(new, at(2))
+    assert [(e.point.id, e.type.value, e.state.value, e.cause) for e in step.batch.events] == [
+        ("pir-03", "point_unavailable", "restore", "point_removed")
+    ]
+    assert [(row.device_id, row.online) for row in step.batch.devices] == [("unavailable:pir-03", True)]
