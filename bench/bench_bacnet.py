@@ -8,6 +8,8 @@ subscriptions, timed from the change to `scm.get_value()` returning.
 
     .venv/bin/python bench/bench_bacnet.py              # 2 s per rate and client, about 40 s
     .venv/bin/python bench/bench_bacnet.py --seconds 10
+    .venv/bin/python bench/bench_bacnet.py --rates 500,1000 --rounds 3      # raw, adapter, raw, adapter, ...
+    .venv/bin/python bench/bench_bacnet.py --rates 1000 --only adapter --profile /tmp/bacnet.prof
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import logging
 import multiprocessing as mp
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -165,17 +169,26 @@ def summary(values: list[float], expected: int) -> str:
     return f"p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  ({len(values)}/{expected} seen)"
 
 
-async def measure(name: str, conns: list[Connection], seen: list[Change], seconds: float) -> None:
+async def measure(
+    name: str, conns: list[Connection], seen: list[Change], seconds: float, rates: tuple[int, ...] = RATES
+) -> None:
     loop = asyncio.get_running_loop()
-    for rate in RATES:
+    for rate in rates:
         seen.clear()
+        cpu = time.thread_time()  # the event loop thread: where both clients do all their work
         for conn in conns:
             conn.send((rate / len(conns), seconds))
         parts = await asyncio.gather(*(loop.run_in_executor(None, conn.recv) for conn in conns))
+        cpu = time.thread_time() - cpu
         changes: list[Change] = sorted((c for part, _lag in parts for c in part), key=lambda c: c[2])
         lag = max(lag for _part, lag in parts)
         result = summary(latencies(changes, list(seen)), len(changes))
-        print(f"{name:<24} {rate:>5}/s  {result}  simulator behind by {max(lag, 0.0):.2f} s", flush=True)
+        per_change = cpu / max(1, len(changes)) * 1e6
+        print(
+            f"{name:<24} {rate:>5}/s  {result}  loop CPU {per_change:4.0f} us/change"
+            f"  simulator behind by {max(lag, 0.0):.2f} s",
+            flush=True,
+        )
 
 
 class TimingSink:
@@ -185,11 +198,36 @@ class TimingSink:
     async def submit(self, reading: Reading) -> None:
         self.seen.append((reading.point_id, str(reading.value), time.monotonic()))
 
+    async def submit_many(self, readings: Sequence[Reading]) -> None:
+        at = time.monotonic()
+        self.seen.extend((reading.point_id, str(reading.value), at) for reading in readings)
+
     async def device_status(self, status: DeviceStatus) -> None:
         return None
 
 
-async def raw_bacpypes3(overlay: dict[str, Any], conns: list[Connection], seconds: float) -> None:
+@contextlib.contextmanager
+def profiled(path: str | None) -> Iterator[None]:
+    """cProfile this process while measuring (the loop thread is where the gateway side spends its time)."""
+    if not path:
+        yield
+        return
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        yield
+    finally:
+        profiler.disable()
+        profiler.dump_stats(path)
+
+
+async def raw_bacpypes3(
+    overlay: dict[str, Any],
+    conns: list[Connection],
+    seconds: float,
+    rates: tuple[int, ...] = RATES,
+    profile: str | None = None,
+) -> None:
     """Baseline: bacpypes3's own COV client, one context per object, one reader task each."""
     device = DeviceObject(objectIdentifier=("device", 4_194_100), objectName="bench-client", vendorIdentifier=999)
     port = NetworkPortObject(
@@ -207,7 +245,8 @@ async def raw_bacpypes3(overlay: dict[str, Any], conns: list[Connection], second
                         app.change_of_value(address, ObjectIdentifier(f"binary-input,{p + 1}"), None, True, 300)
                     )
                     readers.append(tg.create_task(_read_cov(scm, f"d{d}-p{p}", seen.append)))
-            await measure("raw bacpypes3 COV", conns, seen, seconds)
+            with profiled(profile and f"{profile}.raw"):
+                await measure("raw bacpypes3 COV", conns, seen, seconds, rates)
             for reader in readers:
                 reader.cancel()
     finally:
@@ -221,7 +260,13 @@ async def _read_cov(scm: Any, point_id: str, record: Callable[[Change], None]) -
             record((point_id, str(value), time.monotonic()))
 
 
-async def adapter(overlay: dict[str, Any], conns: list[Connection], seconds: float) -> None:
+async def adapter(
+    overlay: dict[str, Any],
+    conns: list[Connection],
+    seconds: float,
+    rates: tuple[int, ...] = RATES,
+    profile: str | None = None,
+) -> None:
     gateway = BacnetAdapter(make_site(overlay))
     seen: list[Change] = []
     async with asyncio.TaskGroup() as tg:
@@ -233,11 +278,19 @@ async def adapter(overlay: dict[str, Any], conns: list[Connection], seconds: flo
             if sum(c.cov_subscriptions_active for c in gateway.counters.values()) == DEVICES * POINTS_PER_DEVICE:
                 break
             await asyncio.sleep(0.05)
-        await measure("BacnetAdapter -> sink", conns, seen, seconds)
+        with profiled(profile and f"{profile}.adapter"):
+            await measure("BacnetAdapter -> sink", conns, seen, seconds, rates)
         task.cancel()
 
 
-async def main(seconds: float, processes: int) -> None:
+async def main(
+    seconds: float,
+    processes: int,
+    rates: tuple[int, ...] = RATES,
+    only: str = "both",
+    profile: str | None = None,
+    rounds: int = 1,
+) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     per = DEVICES // processes
     conns, children = [], []
@@ -258,8 +311,11 @@ async def main(seconds: float, processes: int) -> None:
             f"{DEVICES} devices x {POINTS_PER_DEVICE} binary inputs, simulated in {len(conns)} processes,"
             f" {seconds:g} s per rate"
         )
-        await raw_bacpypes3(overlay, conns, seconds)
-        await adapter(overlay, conns, seconds)
+        for _round in range(rounds):  # alternating, so a change in the machine's load hits both
+            if only in ("both", "raw"):
+                await raw_bacpypes3(overlay, conns, seconds, rates, profile)
+            if only in ("both", "adapter"):
+                await adapter(overlay, conns, seconds, rates, profile)
     finally:
         for conn, process in zip(conns, children, strict=True):
             conn.send(None)
@@ -270,5 +326,14 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="duration per rate")
     parser.add_argument("--processes", type=int, default=2, help="simulator processes (devices split evenly)")
+    parser.add_argument("--rates", default=",".join(map(str, RATES)), help="changes/s, comma-separated")
+    parser.add_argument("--only", choices=("both", "raw", "adapter"), default="both")
+    parser.add_argument(
+        "--profile", metavar="FILE", help="cProfile this process while it measures (FILE.raw, FILE.adapter)"
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="raw then adapter, this many times")
     args = parser.parse_args()
-    asyncio.run(main(args.seconds, args.processes))
+    rates = tuple(int(r) for r in args.rates.split(","))
+    print("loadavg at start:", Path("/proc/loadavg").read_text().strip(), flush=True)
+    asyncio.run(main(args.seconds, args.processes, rates, args.only, args.profile, args.rounds))
+    print("loadavg at end:", Path("/proc/loadavg").read_text().strip(), flush=True)

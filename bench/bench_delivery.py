@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import statistics
 import subprocess
 import sys
@@ -46,6 +47,7 @@ from tests.support.mosquitto import Mosquitto  # noqa: E402
 
 WINDOW = 64
 PRODUCERS = 50
+PROFILE: list[str] = []  # --profile FILE: cProfile of the sink runs (the last one is kept)
 
 
 def subscriber(port: int, count: int) -> subprocess.Popen[bytes]:
@@ -176,11 +178,17 @@ async def sink_loop(work: Path, port: int, n: int, producers: int, batch: int) -
             for chunk in chunks[k::producers]:
                 await sink.accept(Batch(events=chunk))
 
+        profiler = cProfile.Profile() if PROFILE else None  # the sink's loop while it delivers
+        if profiler is not None:
+            profiler.enable()
         async with asyncio.TaskGroup() as group:
             for k in range(producers):
                 group.create_task(produce(k))
         accepted = time.perf_counter() - start
         await wait_proc(sub)
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(PROFILE[0])
         elapsed = Run(time.perf_counter() - start, time.thread_time() - cpu, n, process_cpu() - total)
         commits = sink.stats.commits
         await sink.close()
@@ -271,8 +279,10 @@ async def main() -> None:
     parser.add_argument("--only-throughput", action="store_true")
     parser.add_argument("--only-latency", action="store_true")
     parser.add_argument("--only-publish-path", action="store_true", help="the MQTT session alone vs raw aiomqtt")
+    parser.add_argument("--profile", metavar="FILE", help="cProfile the sink's throughput runs into FILE")
     parser.add_argument("--nagle", action="store_true", help="without TCP_NODELAY (gateway client and broker)")
     args = parser.parse_args()
+    PROFILE[:] = [args.profile] if args.profile else []
     broker_config = "max_inflight_messages 0"
     if args.nagle:  # as before TCP_NODELAY was set: paho's default and Mosquitto's default
         gateway.mqtt.client.NODELAY = ()

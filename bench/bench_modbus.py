@@ -23,7 +23,9 @@ import random
 import resource
 import statistics
 import time
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -114,6 +116,9 @@ class CountingSink:
 
     async def submit(self, reading: Reading) -> None:
         self.readings += 1
+
+    async def submit_many(self, readings: Sequence[Reading]) -> None:
+        self.readings += len(readings)
 
     async def device_status(self, status: DeviceStatus) -> None:
         self.statuses += 1
@@ -232,6 +237,7 @@ def main() -> None:
                 else:
                     by_id[dev_id][key] = value
         site = SiteConfig.model_validate(doc)
+        load_start = Path("/proc/loadavg").read_text().split()[:3]
         print(f"{args.devices} devices x {args.points} points, interval {args.interval:g}s, "
               f"{args.duration:g}s per phase, {args.changes:g} changes/s; machine: {mp.cpu_count()} cores")
         base = asyncio.run(baseline(site, args.duration, args.warmup))
@@ -250,6 +256,7 @@ def main() -> None:
           f"readings handed on {ad['readings']:.0f}")
     ratio = (ad["cpu_share"] / ad["points_per_s"]) / (base["cpu_share"] / base["points_per_s"])
     print(f"CPU per point, adapter / raw pymodbus: {ratio:.2f}x; simulator process CPU {sim_cpu:.1f}s total")
+    print(f"load average at start {load_start}, at end {Path('/proc/loadavg').read_text().split()[:3]}")
 
 
 if __name__ == "__main__":

@@ -14,13 +14,37 @@ import asyncio
 from collections import Counter
 from typing import Any
 
-Key = tuple[str, int, bytes]
+Key = tuple[Any, ...]
 WINDOW = 30.0  # seconds a handled request is remembered: longer than any device's retries take
 LIMIT = 4096  # requests remembered at most
 
 
 def request_key(apdu: Any) -> Key:
-    """Who sent it, its invoke id and its encoded service data."""
+    """Who sent it, its invoke id and its service data.
+
+    A COV notification (nearly all the traffic) is keyed by its decoded fields and the tags of each value as
+    received (`Any.tagList`): re-encoding the whole request costs as much as decoding it did. Anything else
+    by its re-encoded service data.
+    """
+    values = getattr(apdu, "listOfValues", None)
+    if values is not None and getattr(apdu, "subscriberProcessIdentifier", None) is not None:
+        return (
+            str(apdu.pduSource),
+            int(apdu.apduInvokeID),
+            int(apdu.subscriberProcessIdentifier),
+            tuple(apdu.initiatingDeviceIdentifier),
+            tuple(apdu.monitoredObjectIdentifier),
+            int(apdu.timeRemaining),
+            tuple(
+                (
+                    int(pv.propertyIdentifier),
+                    pv.propertyArrayIndex,
+                    pv.priority,
+                    tuple((t.tag_class, t.tag_number, t.tag_lvt, bytes(t.tag_data)) for t in pv.value.tagList.tagList),
+                )
+                for pv in values
+            ),
+        )
     return str(apdu.pduSource), int(apdu.apduInvokeID), bytes(apdu.encode().pduData)
 
 
@@ -63,8 +87,14 @@ class RecentRequests:
         self._entries.pop(key, None)
 
     def _expire(self, now: float) -> None:
-        for key, (at, outcome) in list(self._entries.items()):  # oldest first
-            if len(self._entries) < self.limit and now - at <= self.window:
+        """Drop the oldest entries past the window (or over the limit); stops at the first one still valid,
+        so a call costs what it removes, not the size of the table."""
+        entries = self._entries
+        while entries:
+            key = next(iter(entries))  # oldest first
+            at, outcome = entries[key]
+            if len(entries) < self.limit and now - at <= self.window:
                 break
-            if outcome.done() or len(self._entries) >= self.limit:
-                del self._entries[key]
+            if not outcome.done() and len(entries) < self.limit:
+                break  # still being handled: kept, as before (it ends within the device's timeout)
+            del entries[key]

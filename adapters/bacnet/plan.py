@@ -6,12 +6,17 @@ import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adapters.bacnet.values import ACCESS_POINT_EXTRAS, cov_properties
 from gateway.config.models import PointConfig
 from gateway.core.ports import DeviceSnapshot
 from gateway.domain.values import RawValue
+
+if TYPE_CHECKING:
+    from adapters.bacnet.batching import Batch
+
+UNAVAILABLE = object()  # Watch.pending_key of a queued point_unavailable reading: equal to no value's key
 
 _process_ids = itertools.count(1)
 
@@ -89,6 +94,14 @@ class Watch:
     # changed by the time the answer is reported, a newer notification was already handled and the answer
     # (possibly read before that change) must not override it.
     notified: int = 0
+    # The batch (batching.py) holding the latest reading queued for this point and not yet accepted, and that
+    # reading's key (UNAVAILABLE for a point_unavailable reading): what the next value is compared with.
+    pending: Batch | None = None
+    pending_key: object = None
+
+    def latest(self) -> object:
+        """The key of the last reading handed on: queued for a commit, else accepted."""
+        return self.pending_key if self.pending is not None else self.reported
 
     def refs(self) -> list[tuple[str, str]]:
         """The (object, property) pairs a read of this point needs (an access event also needs its tag)."""
@@ -111,6 +124,13 @@ class ObjectPlan:
 
     def cov_watches(self) -> list[Watch]:
         return [w for w in self.watches if w.prop in cov_properties(self.object_type)]
+
+    def notified_properties(self) -> set[str]:
+        """The properties of a COV notification that a watch of this object uses (the others are not decoded)."""
+        wanted = {w.prop for w in self.watches}
+        if self.object_type == "access-point":
+            wanted.update(ACCESS_POINT_EXTRAS)
+        return wanted
 
 
 @dataclass(frozen=True)

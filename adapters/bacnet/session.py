@@ -6,10 +6,11 @@ configured object), then per object a COV subscription renewed at half its lifet
 since the last answer from the device: past `device_offline_after` the device is reported offline once,
 the subscriptions are torn down and the session starts over.
 
-A value counts as reported (`Watch.reported`) only once `submit` returned, and a status once
+A value counts as reported (`Watch.reported`) only once the sink accepted it, and a status once
 `device_status` returned: when the gateway does not accept one (NotAccepted: the journal cannot be
 written), the next poll, COV notification or retried event notification offers the value again, and the
-status is reported again while it still holds.
+status is reported again while it still holds. Readings go to the sink through a per-device group commit
+(batching.py): those that arrive while a commit is under way are committed together, in order.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from bacpypes3.basetypes import PropertyIdentifier
 from bacpypes3.primitivedata import ObjectIdentifier
 
 from adapters.bacnet.app import GatewayApplication
+from adapters.bacnet.batching import Batch, GroupCommit
 from adapters.bacnet.client import DeviceClient, object_key
 from adapters.bacnet.errors import ObjectMissing
 from adapters.bacnet.plan import (
+    UNAVAILABLE,
     DeviceCounters,
     ObjectPlan,
     StaleSubscription,
@@ -119,7 +122,7 @@ class DeviceSession:
             self.watches[point.id] = watch
         self._sink = sink
         self._stale = list(stale or [])
-        self._submit_lock = asyncio.Lock()
+        self._commits = GroupCommit(sink)  # readings that arrive while a commit is under way share the next
         self._lost = asyncio.Event()
         self._contact = asyncio.Event()
         self._poll_now = asyncio.Event()
@@ -419,10 +422,31 @@ class DeviceSession:
         occurred_at: datetime | None = None,
         read_since: int | None = None,
     ) -> None:
-        """Submit a reading when the value (or occurrence) changed, or always when `force`.
+        """Submit a reading when the value (or occurrence) changed, or always when `force`; returns once it
+        (and whatever was committed with it) is accepted. See `_offer`."""
+        batch = self._offer(
+            watch, value, extras, force=force, notification=notification, occurred_at=occurred_at, read_since=read_since
+        )
+        if batch is not None:
+            await self._commits.wait(batch)
 
+    def _offer(
+        self,
+        watch: Watch,
+        value: Any,
+        extras: dict[str, Any] | None = None,
+        *,
+        force: bool = False,
+        notification: Notification | None = None,
+        occurred_at: datetime | None = None,
+        read_since: int | None = None,
+    ) -> Batch | None:
+        """Queue a reading for the device's next commit when it is a change; returns the batch to wait for.
+
+        Synchronous, so nothing comes between the checks and the queueing. A value equal to one still being
+        committed returns that batch (its sender is answered only once that value is durable).
         `read_since`: for a read, the watch's notification count when the request started; if a notification
-        came in since, the read value is stale and dropped (checked under the lock, right before submitting).
+        came in since, the read value is stale and dropped.
         """
         raw = to_raw(value)
         occurrence = None
@@ -435,45 +459,66 @@ class DeviceSession:
             if reference is not None and not isinstance(reference, DeviceError):
                 credential = credential_of(reference)
         key = (raw, occurrence)
-        async with self._submit_lock:
-            if read_since is not None and watch.notified != read_since:
-                self.counters.stale_reads += 1
-                self.log.debug("bacnet.stale_read_dropped", point=watch.point.id, value=str(raw))
-                return
-            if not force and watch.reported == key:
-                return
-            reading = Reading(
-                point_id=watch.point.id,
-                value=raw,
-                quality=Quality.GOOD,
-                detected_at=utcnow(),
-                occurred_at=occurred_at,
-                occurrence=occurrence,
-                credential=credential,
-                notification=notification,
-            )
-            await self._sink.submit(reading)  # NotAccepted: not reported, so the value is a change next time
+        if read_since is not None and watch.notified != read_since:
+            self.counters.stale_reads += 1
+            self.log.debug("bacnet.stale_read_dropped", point=watch.point.id, value=str(raw))
+            return None
+        if not force and watch.latest() == key:
+            return watch.pending
+        reading = Reading(
+            point_id=watch.point.id,
+            value=raw,
+            quality=Quality.GOOD,
+            detected_at=utcnow(),
+            occurred_at=occurred_at,
+            occurrence=occurrence,
+            credential=credential,
+            notification=notification,
+        )
+        batch: Batch | None = None
+
+        def accepted() -> None:
             watch.reported = key
+            if watch.pending is batch:
+                watch.pending = None
             self.counters.readings += 1
             if self._unavailable.pop(watch.point.id, None) is not None:
                 self.counters.points_unavailable = len(self._unavailable)
                 self.log.info("bacnet.point_readable_again", point=watch.point.id, object=watch.object_id)
+
+        def refused() -> None:  # not reported, so the value is a change next time
+            if watch.pending is batch:
+                watch.pending = None
+
+        batch = self._commits.add(reading, accepted, refused)
+        watch.pending, watch.pending_key = batch, key
+        return batch
 
     async def _report_unavailable(self, point_id: str, reason: str) -> None:
         """Hand on that the device says the point does not exist: once while it stays so (the normaliser
         raises point_unavailable); its next good value is then handed on as a change, the restore."""
         if point_id in self._unavailable:
             return
-        async with self._submit_lock:
-            reading = Reading(
-                point_id=point_id, value=None, quality=Quality.UNAVAILABLE, detected_at=utcnow(), text=reason
-            )
-            await self._sink.submit(reading)
+        reading = Reading(point_id=point_id, value=None, quality=Quality.UNAVAILABLE, detected_at=utcnow(), text=reason)
+        watch = self.watches.get(point_id)
+        batch: Batch | None = None
+
+        def accepted() -> None:
             self._unavailable[point_id] = reason
             self.counters.points_unavailable = len(self._unavailable)
-            watch = self.watches.get(point_id)
             if watch is not None:
                 watch.reported = None
+                if watch.pending is batch:
+                    watch.pending = None
+
+        def refused() -> None:
+            if watch is not None and watch.pending is batch:
+                watch.pending = None
+
+        batch = self._commits.add(reading, accepted, refused)
+        if watch is not None:  # whatever value comes next is queued after this, as a change
+            watch.pending, watch.pending_key = batch, UNAVAILABLE
+        await self._commits.wait(batch)
         self.log.warning("bacnet.point_unavailable", point=point_id, reason=reason)
 
     async def _read_clock(self) -> None:
@@ -555,8 +600,11 @@ class DeviceSession:
         self._contacted()
         self.counters.cov_notifications += 1
         values: dict[str, Any] = {}
+        wanted = plan.notified_properties()
         for property_value in request.listOfValues:
             prop = property_name(property_value.propertyIdentifier)
+            if prop not in wanted:  # e.g. status-flags: not decoded, nothing reads it
+                continue
             datatype = property_type(plan.object_type, prop)
             if datatype is None:
                 continue
@@ -568,8 +616,9 @@ class DeviceSession:
         notified = [watch for watch in plan.watches if watch.prop in values]
         for watch in notified:  # all of them before the first await: a read answer must see it
             watch.notified += 1
-        for watch in notified:
-            await self._observe(watch, values[watch.prop], values)
+        batches = [self._offer(watch, values[watch.prop], values) for watch in notified]
+        for batch in dict.fromkeys(b for b in batches if b is not None):  # answered once all are durable
+            await self._commits.wait(batch)
 
     async def on_event(self, request: Any) -> None:
         received = utcnow()

@@ -6,6 +6,7 @@ credential'), so every enumerated value is reported by its bacpypes3 name string
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
@@ -41,11 +42,19 @@ def event_property(object_type: str) -> str:
 
 def property_name(identifier: Any) -> str:
     """PropertyIdentifier (or int / name) -> 'present-value'."""
+    if isinstance(identifier, int):  # a PropertyIdentifier is an int: cached (every COV value asks)
+        return _property_name(int(identifier))
     return str(PropertyIdentifier(identifier))
 
 
+@functools.lru_cache(maxsize=1024)
+def _property_name(number: int) -> str:
+    return str(PropertyIdentifier(number))
+
+
+@functools.lru_cache(maxsize=1024)
 def property_type(object_type: str, prop: str) -> Any:
-    """The bacpypes3 datatype of a standard property, or None."""
+    """The bacpypes3 datatype of a standard property, or None (cached: every COV value asks)."""
     try:
         object_class = get_vendor_info(0).get_object_class(ObjectType(object_type))
         if object_class is None:

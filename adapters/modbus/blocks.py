@@ -65,6 +65,28 @@ class Block:
         bits = self.table in BIT_TABLES
         return [(p.point_id, p.extract(int(values[p.address - self.address]), bits_table=bits)) for p in self.points]
 
+    def by_offset(self) -> dict[int, tuple[BlockPoint, ...]]:
+        """Offset in the block -> the points read from that address (for decoding only what changed)."""
+        index: dict[int, list[BlockPoint]] = {}
+        for p in self.points:
+            index.setdefault(p.address - self.address, []).append(p)
+        return {offset: tuple(points) for offset, points in index.items()}
+
+
+def decode_changed(
+    block: Block, index: dict[int, tuple[BlockPoint, ...]], values: Sequence[int], previous: Sequence[int]
+) -> list[tuple[str, int]]:
+    """(point id, raw value) of the points whose address reads differently from `previous` (the block's values
+    at the last poll; same length), by address. A fast poll of many points usually finds one
+    or two changed (or none: one list comparison), so only those are decoded."""
+    if values == previous:
+        return []
+    bits = block.table in BIT_TABLES
+    changed = [
+        p for i, (new, old) in enumerate(zip(values, previous, strict=True)) if new != old for p in index.get(i, ())
+    ]
+    return [(p.point_id, p.extract(int(values[p.address - block.address]), bits_table=bits)) for p in changed]
+
 
 def split_block(block: Block) -> list[Block]:
     """One block per address of `block` (points sharing a register stay together): a device that answers a

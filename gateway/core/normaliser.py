@@ -258,6 +258,23 @@ class Normaliser:
         batch = self._step_reading(reading)
         return Step(batch, (before,)) if batch else Step()
 
+    def offer_many(self, readings: Iterable[Reading]) -> Step:
+        """Apply readings in order as ONE step (one batch for the sink, one commit or rollback for all).
+
+        A point may appear more than once: the step keeps its first before-image, so a rollback returns it
+        to where it was before the first of them."""
+        batches: list[Batch] = []
+        befores: dict[str, tuple[str, PointState, Quality, _Pending | None, bool]] = {}
+        for reading in readings:
+            step = self.offer(reading)
+            if step.batch:
+                batches.append(step.batch)
+            for before in step.points:
+                befores.setdefault(before[0], before)
+        if not batches:
+            return Step()
+        return Step(batches[0] if len(batches) == 1 else _merge(batches), tuple(befores.values()))
+
     def _step_reading(self, reading: Reading) -> Batch:
         self.stats.readings += 1
         point = self._points.get(reading.point_id)

@@ -1,7 +1,8 @@
 """The `ReadingSink` the adapters talk to: normaliser in front, the event sink behind.
 
 `submit` runs the (synchronous) normaliser and then awaits the sink, so it returns only once the events a
-reading caused are durably accepted; when the sink's bounded queue is full, adapters wait (back-pressure)
+reading caused are durably accepted (`submit_many`: the same for a poll's readings, as one step and one
+commit); when the sink's bounded queue is full, adapters wait (back-pressure)
 instead of anything being dropped. A timer task confirms debounced changes for which no further reading
 arrives (COV devices report a change once).
 
@@ -50,6 +51,19 @@ class Pipeline:
         finally:
             if self.normaliser.next_due() is not None:
                 self._wake.set()  # a new deadline, or (rolled back) a pending change restored
+
+    async def submit_many(self, readings: Sequence[Reading]) -> None:
+        """The readings as one step (`Normaliser.offer_many`): one `accept`, so one journal commit for all of
+        them; rolled back as a whole if the sink refuses it."""
+        if not readings:
+            return
+        if self._inflight:
+            await self._settled({point_key(r.point_id) for r in readings})
+        try:
+            await self._accept(self.normaliser.offer_many(readings))
+        finally:
+            if self.normaliser.next_due() is not None:
+                self._wake.set()
 
     async def device_status(self, status: DeviceStatus) -> None:
         if self._inflight:

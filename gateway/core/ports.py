@@ -2,7 +2,8 @@
 
 An adapter never builds events: it reports raw readings (and device reachability) to a `ReadingSink`.
 The normaliser decides what is an alarm. `submit` returns only once the resulting events are durably
-accepted (journaled), so an adapter may acknowledge a device's notification after it returns. The
+accepted (journaled), so an adapter may acknowledge a device's notification after it returns; `submit_many`
+does the same for a batch (the changes of one poll) with one journal commit for all of them. The
 `EventSink` is the other half: it journals batches and delivers them. `Health` and `DeviceMetrics` are how
 components and adapters report to the operator endpoints without those knowing any component's type.
 """
@@ -62,6 +63,12 @@ class ReadingSink(Protocol):
     async def submit(self, reading: Reading) -> None:
         """Hand on one reading; returns when its events (if any) are durably accepted. Raises NotAccepted
         when they are not (journal failure): nothing of the reading was taken, offer it again later."""
+
+    async def submit_many(self, readings: Sequence[Reading]) -> None:
+        """Hand on several readings as ONE unit, in order (e.g. the changes of one poll): their events are
+        journaled together (one commit, one fsync) and the call returns when all are durable. All or nothing:
+        NotAccepted means none was taken (offer them all again, in the same order). Readings of one point
+        may repeat; they count in the order given."""
 
     async def device_status(self, status: DeviceStatus) -> None:
         """Report a device going offline or coming back; returns when its event is accepted."""

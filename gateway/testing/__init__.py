@@ -155,6 +155,19 @@ class CollectingReadings:
             self.log.append(reading)
             self.changed.notify_all()
 
+    async def submit_many(self, readings: Sequence[Reading]) -> None:
+        """Forwarded as one batch; without `forward`, reading by reading through `submit` (so a subclass that
+        overrides `submit` sees each one)."""
+        if self.forward is None:
+            for reading in readings:
+                await self.submit(reading)
+            return
+        await self.forward.submit_many(readings)
+        async with self.changed:
+            self.readings.extend(readings)
+            self.log.extend(readings)
+            self.changed.notify_all()
+
     async def device_status(self, status: DeviceStatus) -> None:
         if self.forward is not None:
             await self.forward.device_status(status)

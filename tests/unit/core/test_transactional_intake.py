@@ -254,3 +254,33 @@ async def test_the_timer_offers_a_refused_debounced_change_again() -> None:
         await sink.wait_for(lambda _events: sink.of("smoke-1") == [("fire", "alarm")], 5)  # after REFUSED_RETRY
         timer.cancel()
     assert sink.refuse == 0
+
+
+async def test_submit_many_is_one_accept_and_a_refusal_rolls_all_of_it_back() -> None:
+    """The changes of one poll: one batch for the sink (one journal commit); refused, every reading of it is
+    as if never offered, including a point that appears twice (back to before the first of them)."""
+    sink = RefusingSink()
+    batches: list[int] = []
+    accept = sink.accept
+
+    async def counting(batch: Batch) -> Sequence[Event]:
+        batches.append(len(batch.events))
+        return await accept(batch)
+
+    sink.accept = counting  # type: ignore[method-assign]
+    pipeline = Pipeline(Normaliser(SITE, epoch=T0), sink)
+    await pipeline.submit_many([_read("pir-01", 0, 0), _read("pir-02", 0, 0)])
+    poll = [_read("pir-01", 1, 1), _read("pir-02", 1, 1), _read("pir-01", 0, 1.5)]
+    sink.refuse = 1
+    with pytest.raises(NotAccepted):
+        await pipeline.submit_many(poll)
+    assert sink.events == [] and pipeline.accepted == 0
+    assert {p: pipeline.normaliser.point_state(p).condition for p in ("pir-01", "pir-02")} == {
+        "pir-01": "normal",
+        "pir-02": "normal",
+    }
+    await pipeline.submit_many(poll)  # offered again, the same way
+    assert batches[-2:] == [3, 3], "one accept per submit_many"
+    assert sink.of("pir-01") == [("burglary", "alarm"), ("burglary", "restore")]
+    assert sink.of("pir-02") == [("burglary", "alarm")]
+    assert pipeline.accepted == 3
