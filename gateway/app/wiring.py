@@ -17,6 +17,7 @@ from gateway.config.models import BacnetDevice, ModbusDevice, SiteConfig
 from gateway.core.normaliser import Normaliser
 from gateway.core.ports import Adapter, EventSink, Replayer
 from gateway.core.stdout_sink import StdoutSink
+from gateway.delivery.dc09_path import Dc09Path, build_paths
 from gateway.delivery.publisher import Publisher
 from gateway.delivery.sink import DeliverySink, open_journal
 from gateway.delivery.stats import DeliveryStats
@@ -60,6 +61,7 @@ def build_gateway(site: SiteConfig, *, sink: SinkKind | EventSink = "mqtt", conf
     inputs = Inputs(normaliser, supervisor, adapters)
     event_sink: EventSink
     delivery: DeliveryStats | None = None
+    paths: list[Dc09Path] = []
     if sink == "stdout":
         event_sink = StdoutSink()
     elif sink == "mqtt":
@@ -74,6 +76,7 @@ def build_gateway(site: SiteConfig, *, sink: SinkKind | EventSink = "mqtt", conf
             devices=inputs.devices_online,
             inputs_ok=inputs.ok,
         )
+        paths = build_paths(site, event_sink)  # DC-09 receivers: further paths on the sink's journal
     else:
         event_sink = sink
     return Gateway(
@@ -85,4 +88,5 @@ def build_gateway(site: SiteConfig, *, sink: SinkKind | EventSink = "mqtt", conf
         supervisor=supervisor,
         delivery=delivery,
         config_hash=config_hash,
+        paths=paths,
     )

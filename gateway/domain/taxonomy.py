@@ -47,6 +47,7 @@ class EventType(StrEnum):
     PERIODIC_TEST = "periodic_test"
     INFO_SHED = "info_shed"
     JOURNAL_FAULT = "journal_fault"
+    PATH_FAULT = "path_fault"
     COMMAND = "command"
 
 
@@ -87,6 +88,10 @@ TYPES: dict[EventType, TypeInfo] = {
     # trouble" (the table has no code for a storage fault; 354 and 624 "event log overflow" mean something
     # else), SIA YX "service required" / YZ "service completed" (YP/YQ would say power supply).
     EventType.JOURNAL_FAULT: TypeInfo(Category.SUPERVISION, 2, "300", "YX", "YZ"),
+    # A delivery path of the gateway (a DC-09 receiver) failing longer than its supervision interval, reported
+    # on the other paths: Contact ID 354 "failure to communicate event" (350 is comm_loss, a device), SIA YC
+    # "communications fail" / YK "communications restore".
+    EventType.PATH_FAULT: TypeInfo(Category.SUPERVISION, 2, "354", "YC", "YK"),
     EventType.COMMAND: TypeInfo(Category.SUPERVISION, 5, "000", "LX", None),
 }
 
