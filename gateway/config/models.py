@@ -23,7 +23,7 @@ from gateway.config import addresses
 from gateway.config import bacnet_tables as bt
 from gateway.config.suggest import closest, did_you_mean
 from gateway.config.types import Duration, Identifier
-from gateway.domain.taxonomy import TYPES, Category, EventType
+from gateway.domain.taxonomy import GATEWAY_RAISED, TYPES, Category, EventType
 from gateway.domain.values import RawValue
 
 Loc = tuple[str | int, ...]
@@ -708,6 +708,32 @@ def cross_check(cfg: SiteConfig) -> list[tuple[Loc, str]]:
             )
     problems.extend(_modbus_address_clashes(cfg))
     problems.extend(_action_target_clashes(cfg))
+    problems.extend(_gateway_raised_types(cfg))
+    return problems
+
+
+def _gateway_raised_types(cfg: SiteConfig) -> list[tuple[Loc, str]]:
+    """A point mapped to an event type only the gateway raises (journal_fault, point_unavailable, ...)."""
+    problems: list[tuple[Loc, str]] = []
+
+    def refuse(loc: Loc, event_type: EventType) -> None:
+        problems.append(
+            (
+                loc,
+                f"'{event_type.value}' is raised by the gateway itself, not by a device point: choose the event "
+                "type the device's signal means (e.g. fault, tamper, burglary)",
+            )
+        )
+
+    for index, point in enumerate(cfg.points):
+        if point.type in GATEWAY_RAISED:
+            refuse(("points", index, "type"), point.type)
+        for other in point.other_alarms:
+            if other in GATEWAY_RAISED:
+                refuse(("points", index, "other_alarms", other.value), other)
+        for e_index, event in enumerate(point.events):
+            if event.type in GATEWAY_RAISED:
+                refuse(("points", index, "events", e_index, "type"), event.type)
     return problems
 
 

@@ -108,6 +108,19 @@ TYPES: dict[EventType, TypeInfo] = {
     EventType.CONFIG_RELOAD_FAILED: TypeInfo(Category.SUPERVISION, 3, "300", "RU", None),
 }
 
+# Raised by the gateway about itself or its inputs, never by a device point: a site config that maps a point to
+# one of these would make a device's alarm look like the gateway's own supervision.
+GATEWAY_RAISED: frozenset[EventType] = frozenset(
+    {
+        EventType.INFO_SHED,
+        EventType.JOURNAL_FAULT,
+        EventType.COMMAND,
+        EventType.POINT_UNAVAILABLE,
+        EventType.CONFIG_CHANGED,
+        EventType.CONFIG_RELOAD_FAILED,
+    }
+)
+
 # Contact ID qualifiers: 1 = new event / opening, 3 = restore / closing, 6 = still present.
 QUALIFIER = {EventState.ALARM: "1", EventState.RESTORE: "3", EventState.INFO: "1"}
 
