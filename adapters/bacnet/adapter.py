@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import structlog
@@ -46,6 +46,10 @@ class BacnetAdapter:
         self.unknown_cov_notifications = 0  # for no subscription of the running adapter (all devices)
         self._ready = asyncio.Event()
         self.log = structlog.get_logger(__name__).bind(site=site.site.id)
+        # while running: the task group the sessions run in, their sink, and each device's session task
+        self._tg: asyncio.TaskGroup | None = None
+        self._sink: ReadingSink | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
 
     @property
     def duplicate_notifications(self) -> int:
@@ -93,14 +97,58 @@ class BacnetAdapter:
             )
             self._ready.set()
             async with asyncio.TaskGroup() as tg:
+                self._tg, self._sink = tg, sink
                 for session in self.sessions.values():
-                    tg.create_task(session.run(), name=f"bacnet:{session.device.id}")
+                    self._tasks[session.device.id] = tg.create_task(session.run(), name=f"bacnet:{session.device.id}")
+                await asyncio.Event().wait()  # sessions come and go with reloads; the adapter runs until cancelled
         finally:
             self._ready.clear()
+            self._tg, self._sink = None, None
+            self._tasks.clear()
             self._app = None
             self._stale = {device_id: s.subscriptions_left() for device_id, s in self.sessions.items()}
             app.close_quietly()
             await app.stop_handlers()
+
+    # --- reload (gateway/app/reload.py) ------------------------------------------------------------------
+
+    async def reconfigure(self, site: SiteConfig, devices: Collection[str]) -> None:
+        """Adopt `site`, restarting only the named devices (added, removed or changed); the other sessions
+        keep their subscriptions and keep answering notifications. Added devices start first (new before old:
+        a point moved to another device is watched there before its old device stops), then each changed
+        device's session is replaced: the old one stops first (one device, one session: both would subscribe
+        and resync the same objects) and hands its live COV subscriptions to the new one, which cancels them
+        once its device answers; then removed devices stop (their subscriptions lapse on the device)."""
+        old = {d.id: d for d in self.devices}
+        self.site = site
+        self.devices = [d for d in site.devices if isinstance(d, BacnetDevice)]
+        new = {d.id: d for d in self.devices}
+        if self._app is None or self._tg is None:  # not running: the next run builds sessions from self.devices
+            return
+        touched = set(devices)
+        for device_id in [d for d in new if d in touched and d not in old]:
+            self._start_session(new[device_id], None)
+        for device_id in [d for d in new if d in touched and d in old]:
+            self._start_session(new[device_id], await self._stop_session(device_id))
+        for device_id in [d for d in old if d in touched and d not in new]:
+            await self._stop_session(device_id)
+
+    def _start_session(self, device: BacnetDevice, stale: list[StaleSubscription] | None) -> None:
+        assert self._app is not None and self._tg is not None and self._sink is not None
+        session = DeviceSession(self._app, self.site, device, self._sink, stale)
+        self._route({**self.sessions, device.id: session})
+        self._tasks[device.id] = self._tg.create_task(session.run(), name=f"bacnet:{device.id}")
+        self.log.info("bacnet.device_started", device=device.id)
+
+    async def _stop_session(self, device_id: str) -> list[StaleSubscription]:
+        task = self._tasks.pop(device_id, None)
+        while task is not None and not task.done():
+            task.cancel()  # again if a cancel was swallowed inside the library (Python 3.11)
+            await asyncio.wait({task}, timeout=1.0)
+        session = self.sessions.get(device_id)
+        self._route({k: v for k, v in self.sessions.items() if k != device_id})
+        self.log.info("bacnet.device_stopped", device=device_id)
+        return session.subscriptions_left() if session is not None else []
 
     def _route(self, sessions: dict[str, DeviceSession]) -> None:
         """Replace (never merge into) the sessions and the maps notifications are routed by."""

@@ -24,7 +24,7 @@ from bacpypes3.pdu import Address
 from bacpypes3.primitivedata import ObjectIdentifier
 
 from adapters.bacnet.app import GatewayApplication
-from adapters.bacnet.errors import guarded
+from adapters.bacnet.errors import guarded, property_error
 from adapters.bacnet.values import property_name, property_type
 from gateway.config.models import BacnetDevice
 from gateway.domain.errors import ConfigurationFault, DeviceError, DeviceRejected, MalformedReply, SiteConfigFault
@@ -84,16 +84,16 @@ class DeviceClient:
             key = (object_key(object_identifier), property_name(prop))
             if isinstance(value, ErrorType) or value is None:
                 code = str(getattr(value, "errorCode", "unreadable"))
-                values[key] = ConfigurationFault(self.device.id, f"{key[0]}/{key[1]}: {code}", code)
+                values[key] = property_error(self.device.id, f"{key[0]}/{key[1]}", code)
             else:
                 values[key] = value
         return values
 
-    async def subscribe_cov(self, object_id: str, process_id: int, lifetime: int) -> None:
+    async def subscribe_cov(self, object_id: str, process_id: int, lifetime: int, *, confirmed: bool = True) -> None:
         request = SubscribeCOVRequest(
             subscriberProcessIdentifier=process_id,
             monitoredObjectIdentifier=ObjectIdentifier(object_id),
-            issueConfirmedNotifications=True,
+            issueConfirmedNotifications=confirmed,
             lifetime=lifetime,
             destination=self.address,
         )

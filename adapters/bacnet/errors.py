@@ -24,6 +24,16 @@ from gateway.domain.errors import (
 
 T = TypeVar("T")
 
+
+class ObjectMissing(ConfigurationFault):
+    """The device says the configured object or property does not exist (unknown-object, unknown-property,
+    unsupported-object-type): the point is blind, a point_unavailable alarm, not a reason to stop reading
+    the device's other points."""
+
+
+# Error codes that say the configured object or property is not there (a subset of the configuration faults).
+MISSING_CODES = frozenset({"unknown-object", "unknown-property", "unsupported-object-type"})
+
 # Error codes that say the request itself is wrong for this device: a configuration fault, do not hammer.
 _CONFIG_CODES = frozenset(
     {
@@ -42,12 +52,20 @@ _BUSY_CODES = frozenset({"operational-problem", "busy", "device-busy", "other"})
 _CONFIG_REJECTS = frozenset({"unrecognized-service", "undefined-enumeration", "parameter-out-of-range"})
 
 
+def property_error(device_id: str, what: str, code: str) -> ConfigurationFault:
+    """A per-property error inside a ReadPropertyMultiple answer, by its error code."""
+    cls = ObjectMissing if code in MISSING_CODES else ConfigurationFault
+    return cls(device_id, f"{what}: {code}", code)
+
+
 def translate(device_id: str, exc: BaseException) -> DeviceError:
     """One bacpypes3 failure as the project's typed error."""
     if isinstance(exc, ErrorPDU):
         error_class = str(getattr(exc, "errorClass", "") or "")
         code = str(getattr(exc, "errorCode", "") or "")
         text = f"BACnet error {error_class}: {code}"
+        if code in MISSING_CODES:
+            return ObjectMissing(device_id, text, code)
         if code in _CONFIG_CODES:
             return ConfigurationFault(device_id, text, code)
         if code in _BUSY_CODES:

@@ -48,6 +48,7 @@ class DeviceCounters:
     # earlier run, or a process id that does not match the object): answered unknown-subscription, not
     # routed. Not (yet) in the snapshot: /metrics takes only the names of gateway.core.ports.DEVICE_COUNTERS.
     unknown_subscription_notifications: int = 0
+    points_unavailable: int = 0  # configured points the device says do not exist (reported unavailable)
     errors: Counter[str] = field(default_factory=Counter)  # by error class name
     last_contact: datetime | None = None
 
@@ -69,6 +70,7 @@ class DeviceCounters:
             gauges={
                 "cov_subscriptions_active": self.cov_subscriptions_active,
                 "polled_fallback_objects": self.polled_objects,
+                "points_unavailable": self.points_unavailable,
             },
         )
 

@@ -20,9 +20,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
+from bacpypes3.basetypes import PropertyIdentifier
+from bacpypes3.primitivedata import ObjectIdentifier
 
 from adapters.bacnet.app import GatewayApplication
 from adapters.bacnet.client import DeviceClient, object_key
+from adapters.bacnet.errors import ObjectMissing
 from adapters.bacnet.plan import (
     DeviceCounters,
     ObjectPlan,
@@ -58,6 +61,18 @@ from gateway.domain.errors import (
 )
 from gateway.domain.event import Notification, utcnow
 
+# ReadPropertyMultiple refused (once per session: the session then stays with ReadProperty).
+NO_READ_PROPERTY_MULTIPLE = (
+    "device does not support ReadPropertyMultiple: its points are read one property per request instead"
+    " (more requests per poll, same values)"
+)
+# GetEventInformation refused (stock bacpypes3 devices reject it: unrecognized-service): what that means here.
+NO_EVENT_INFORMATION = (
+    "device does not support GetEventInformation: alarms already active at start are found by reading every"
+    " configured point instead (their original time stamps, priorities and unacknowledged transitions are not"
+    " known, so acknowledging them from the meldkamer is not possible until the device notifies again)"
+)
+
 
 class _DeviceLost(Exception):
     """Supervision declared the device offline: tear the connection down and start over."""
@@ -84,10 +99,18 @@ class DeviceSession:
         self.clock = DeviceClock(configured, "device-config" if device.timezone else "site")
         self.plans: dict[str, ObjectPlan] = {}
         self.watches: dict[str, Watch] = {}
+        # points that are blind from the start (an object type or property bacpypes3 cannot even encode):
+        # never requested, reported unavailable once the device answers; their neighbours are read as usual
+        self._blind_config: dict[str, str] = {}
+        self._unavailable: dict[str, str] = {}  # point id -> reason, as the gateway accepted it
         for point in site.points_of(device.id):
             assert isinstance(point.source, BacnetSource)
             object_id, prop = point.source.object, point.source.property
             object_type = object_id.split(",")[0]
+            problem = unencodable(object_id, prop)
+            if problem is not None:
+                self._blind_config[point.id] = problem
+                continue
             plan = self.plans.get(object_id)
             if plan is None:
                 plan = self.plans[object_id] = ObjectPlan(object_id, object_type, [], next_process_id())
@@ -103,6 +126,7 @@ class DeviceSession:
         self._last_contact = 0.0
         self._rpm = True
         self._reported: bool | None = None  # the last device status the gateway accepted
+        self._told_no_event_information = False  # NO_EVENT_INFORMATION is logged once per session
         self._offline_at: datetime | None = None  # when supervision declared the device offline
 
     # --- contact and supervision ----------------------------------------------------------------------
@@ -330,10 +354,15 @@ class DeviceSession:
         if self._rpm:
             try:
                 return await self.client.read_multiple(refs)
+            except ObjectMissing:
+                if len(refs) == 1:
+                    raise
+                # a device that fails the whole request for one missing object: read one by one, so that
+                # one bad point does not blind the others
             except DeviceRejected as exc:
                 if exc.code not in ("unrecognized-service", "service-request-denied"):
                     raise
-                self.log.info("bacnet.no_read_property_multiple", reason=str(exc))
+                self.log.warning(NO_READ_PROPERTY_MULTIPLE, reason=str(exc))
                 self._rpm = False
         values: dict[tuple[str, str], Any] = {}
         for object_id, prop in refs:
@@ -357,6 +386,10 @@ class DeviceSession:
             values = await self._read_values(batch)
             for watch in batch:
                 value = values.get((watch.object_id, watch.prop))
+                if isinstance(value, ObjectMissing):
+                    self._error(value, f"read {watch.object_id}/{watch.prop}")
+                    await self._report_unavailable(watch.point.id, missing_reason(self.device.id, watch, value))
+                    continue
                 if isinstance(value, DeviceError) or value is None:
                     if isinstance(value, DeviceError):
                         self._error(value, f"read {watch.object_id}/{watch.prop}")
@@ -422,6 +455,26 @@ class DeviceSession:
             await self._sink.submit(reading)  # NotAccepted: not reported, so the value is a change next time
             watch.reported = key
             self.counters.readings += 1
+            if self._unavailable.pop(watch.point.id, None) is not None:
+                self.counters.points_unavailable = len(self._unavailable)
+                self.log.info("bacnet.point_readable_again", point=watch.point.id, object=watch.object_id)
+
+    async def _report_unavailable(self, point_id: str, reason: str) -> None:
+        """Hand on that the device says the point does not exist: once while it stays so (the normaliser
+        raises point_unavailable); its next good value is then handed on as a change, the restore."""
+        if point_id in self._unavailable:
+            return
+        async with self._submit_lock:
+            reading = Reading(
+                point_id=point_id, value=None, quality=Quality.UNAVAILABLE, detected_at=utcnow(), text=reason
+            )
+            await self._sink.submit(reading)
+            self._unavailable[point_id] = reason
+            self.counters.points_unavailable = len(self._unavailable)
+            watch = self.watches.get(point_id)
+            if watch is not None:
+                watch.reported = None
+        self.log.warning("bacnet.point_unavailable", point=point_id, reason=reason)
 
     async def _read_clock(self) -> None:
         """UTC_Offset and Daylight_Savings_Status of the device object, read at every (re)connect: they decide
@@ -459,13 +512,17 @@ class DeviceSession:
     async def _resync(self) -> None:
         """GetEventInformation plus a read of every configured object; the normaliser sorts out what is new."""
         self.counters.resyncs += 1
+        for point_id, problem in self._blind_config.items():
+            await self._report_unavailable(point_id, problem)
         await self._read_clock()
         extra: dict[str, tuple[Notification, datetime | None]] = {}
         try:
             summaries = await self.client.event_information()
         except DeviceRejected as exc:
             self._error(exc, "get-event-information")
-            self.log.info("bacnet.no_get_event_information", reason=str(exc))
+            if not self._told_no_event_information:
+                self._told_no_event_information = True
+                self.log.warning(NO_EVENT_INFORMATION, reason=str(exc))
             summaries = []
         received = utcnow()
         for summary in summaries:
@@ -589,3 +646,26 @@ class DeviceSession:
         if str(back) != str(value):
             raise VerificationFailed(self.device.id, f"{watch.object_id}/{target}: wrote {value!r}, reads {back!r}")
         self.log.info("bacnet.written", point=point_id, prop=target, value=str(value), priority=priority)
+
+
+def unencodable(object_id: str, prop: str) -> str | None:
+    """Why bacpypes3 cannot even encode a request for this object/property (a typo the device never sees)."""
+    try:
+        ObjectIdentifier(object_id)
+    except (ValueError, TypeError):
+        kind = object_id.split(",", maxsplit=1)[0]
+        return f"{object_id}: {kind!r} is not a BACnet object type, so the point is never read"
+    try:
+        PropertyIdentifier(prop)
+    except (ValueError, TypeError):
+        return f"{object_id}: {prop!r} is not a BACnet property, so the point is never read"
+    return None
+
+
+def missing_reason(device_id: str, watch: Watch, exc: ObjectMissing) -> str:
+    """In an installer's words, from the error code (never its text)."""
+    if exc.code == "unknown-property":
+        return f"{watch.object_id} on device {device_id} has no property {watch.prop} (BACnet unknown-property)"
+    if exc.code == "unsupported-object-type":
+        return f"device {device_id} does not support object type of {watch.object_id} (BACnet unsupported-object-type)"
+    return f"device {device_id} has no object {watch.object_id} (BACnet unknown-object)"

@@ -66,6 +66,16 @@ class Block:
         return [(p.point_id, p.extract(int(values[p.address - self.address]), bits_table=bits)) for p in self.points]
 
 
+def split_block(block: Block) -> list[Block]:
+    """One block per address of `block` (points sharing a register stay together): a device that answers a
+    block with exception 02 because one of its addresses does not exist would otherwise blind every point
+    the block serves."""
+    by_address: dict[int, list[BlockPoint]] = {}
+    for point in block.points:
+        by_address.setdefault(point.address, []).append(point)
+    return [Block(block.table, address, 1, tuple(points)) for address, points in sorted(by_address.items())]
+
+
 def plan_blocks(points: Iterable[tuple[str, ModbusSource]], max_gap: int) -> list[Block]:
     """Merge points into block reads per table, in table then address order.
 

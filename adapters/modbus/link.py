@@ -57,6 +57,15 @@ def exception_error(device_id: str, code: int, what: str) -> DeviceError:
     return DeviceRejected(device_id, message, code)
 
 
+def unavailable_reason(device: ModbusDevice, table: str, address: int, code: int | str | None) -> str:
+    """Why a point is blind, in an installer's words, from the exception code of its read."""
+    number = code if isinstance(code, int) else 0
+    return (
+        f"{table} {address} on device {device.id} (unit {device.unit_id}): the device answers exception"
+        f" {number:02X} ({EXCEPTION_NAMES.get(number, 'unknown')})"
+    )
+
+
 class ModbusLink:
     """The client and request queue of one bus (or of one TCP device)."""
 

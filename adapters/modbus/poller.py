@@ -10,7 +10,9 @@ Why it looks like this:
 - after `offline_after_failures` consecutive failed polls the device is reported offline once and polled
   with jittered, capped backoff; when it answers it is reported online and every point is handed on fresh;
 - a block the device rejects as wrong (exception 01-03) is a configuration fault: logged once with its
-  points, its points get bad quality, and it is retried only rarely.
+  points, and retried only rarely. A block of several addresses is first split into one block per address,
+  so that one missing address does not blind its neighbours; the points of an address still rejected are
+  handed on as unavailable (the normaliser raises point_unavailable once, restored when readable again).
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from datetime import UTC, datetime
 
 import structlog
 
-from adapters.modbus.blocks import Block, plan_blocks
-from adapters.modbus.link import ModbusLink
+from adapters.modbus.blocks import Block, plan_blocks, split_block
+from adapters.modbus.link import ModbusLink, unavailable_reason
 from adapters.modbus.stats import DeviceStats
 from gateway.config.models import ModbusDevice, ModbusSource, PointConfig
 from gateway.core.ports import DeviceStatus, Quality, Reading, ReadingSink
@@ -84,6 +86,7 @@ class DevicePoller:
         self._refused = False  # the gateway did not accept the last reading or status (logged once)
         # per point: a value the gateway did not accept, and when it was first seen (its detection time)
         self._unaccepted: dict[str, tuple[tuple[int | None, Quality], datetime]] = {}
+        self._blind: set[str] = set()  # points the gateway accepted as unavailable (exception 01-03)
         self._log = structlog.get_logger("adapters.modbus").bind(site=site_id, device=device.id)
 
     async def run(self, sink: ReadingSink) -> None:
@@ -121,10 +124,19 @@ class DevicePoller:
             # never be noticed.
             due_blocks = [min(self.blocks, key=lambda b: self._fault_retry_at[b])]
         try:
-            for block in due_blocks:
+            queue = list(due_blocks)
+            while queue:
+                block = queue.pop(0)
                 try:
                     values = await self._read_block(block)
                 except ConfigurationFault as exc:
+                    if block.count > 1 and len({p.address for p in block.points}) > 1:
+                        parts = split_block(block)
+                        self._log.info("modbus_block_split", block=block.ref, error=str(exc), parts=len(parts))
+                        self.blocks[self.blocks.index(block)] = parts[0]
+                        self.blocks.extend(parts[1:])
+                        queue[:0] = parts
+                        continue
                     observed.extend(self._config_fault(block, exc))
                     continue
                 at = utcnow()
@@ -165,8 +177,8 @@ class DevicePoller:
             )
         self._fault_retry_at[block] = loop.time() + self._tuning.config_fault_retry
         at = utcnow()
-        text = f"{exc} (points of {block.ref})"
-        return [_Observation(pid, None, Quality.BAD, at, text) for pid in block.point_ids]
+        text = unavailable_reason(self.device, block.table, block.address, exc.code)
+        return [_Observation(pid, None, Quality.UNAVAILABLE, at, text) for pid in block.point_ids]
 
     async def _answered(self, sink: ReadingSink, observed: list[_Observation]) -> None:
         self.stats.consecutive_failures = 0
@@ -192,6 +204,11 @@ class DevicePoller:
             self._unaccepted.pop(obs.point_id, None)
             self._last[obs.point_id] = key
             self.stats.readings += 1
+            if obs.quality is Quality.UNAVAILABLE:
+                self._blind.add(obs.point_id)
+            elif obs.quality is Quality.GOOD:
+                self._blind.discard(obs.point_id)
+            self.stats.points_unavailable = len(self._blind)
 
     async def _hand_on(self, call: Awaitable[None]) -> bool:
         """Await a submit or device_status; False (logged once per spell) if the gateway did not accept it."""

@@ -28,6 +28,7 @@ class DeviceStats:
     lateness_sum: float = 0.0
     poll_duration_buckets: Buckets = field(default_factory=lambda: Buckets(POLL_BUCKETS))  # all polls, for /metrics
     last_contact: float | None = None  # Unix time of the last answered request
+    points_unavailable: int = 0  # configured points whose address the device rejects (exception 01-03)
 
     def record_poll(self, duration: float, lateness: float, ok: bool) -> None:
         self.polls += 1
@@ -52,5 +53,6 @@ class DeviceStats:
                 "poll_lateness_seconds": self.lateness_sum,
                 "readings": self.readings,
             },
+            gauges={"points_unavailable": self.points_unavailable},
             poll_durations=self.poll_duration_buckets,
         )

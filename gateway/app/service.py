@@ -17,6 +17,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -32,8 +33,10 @@ from gateway.delivery.stats import DeliveryStats
 from gateway.domain.errors import SiteConfigFault
 from gateway.domain.event import utcnow
 from gateway.ops.health import OperatorEndpoints
-from gateway.ops.http import OperatorServer
-from gateway.ops.metrics import GatewayCollector, Sources, site_hash
+from gateway.ops.http import Action, OperatorServer
+from gateway.ops.metrics import GatewayCollector, ReloadStats, Sources, site_hash
+from gateway.ops.sdnotify import SystemdNotifier
+from gateway.ops.systemd import ServiceView, SystemdSupervision
 
 log = structlog.get_logger(__name__)
 
@@ -123,6 +126,19 @@ class Inputs:
         return online, len(self.normaliser.device_protocols())
 
 
+class Reloads(Protocol):
+    """The config-reload component (gateway/app/reload.py: Reloader), when the gateway has a site file."""
+
+    name: str
+    stats: ReloadStats
+
+    def request(self) -> None: ...
+
+    def actions(self) -> dict[str, Action]: ...
+
+    async def run(self) -> None: ...
+
+
 class Gateway:
     """One building's gateway: runs the normaliser's pipeline, the sink, the adapters, the command processor
     and the operator endpoints it is given (gateway/app/wiring.py builds them), until stopped."""
@@ -141,6 +157,7 @@ class Gateway:
         delivery: DeliveryStats | None = None,
         config_hash: str = "",
         paths: Sequence[Dc09Path] = (),
+        notifier: SystemdNotifier | None = None,
     ) -> None:
         self.site = site
         self.sink = sink
@@ -153,17 +170,30 @@ class Gateway:
         self.paths = list(paths)  # DC-09 delivery paths beside MQTT (docs/dc09.md), on the sink's journal
         self.config_hash = config_hash  # of the site file as deployed (metric gcmk_config_info)
         self.operator: OperatorServer | None = None  # /metrics, /healthz, /readyz
+        self.notifier = notifier  # systemd's notify socket (Type=notify), None when not run by systemd
+        self.reloader: Reloads | None = None  # SIGHUP and POST /-/reload (set by gateway/app/wiring.py)
         self.stopping = asyncio.Event()
         self.started = asyncio.Event()
 
     def stop(self) -> None:
         self.stopping.set()
 
+    def request_reload(self) -> None:
+        """SIGHUP: reload the site config (gateway/app/reload.py); without a site file there is nothing to read."""
+        if self.reloader is None:
+            log.warning("reload requested, but this gateway was not started from a site file; ignored")
+        else:
+            self.reloader.request()
+
     def health(self) -> HealthReport:
         if not self.started.is_set():
             return HealthReport(False, "starting")
         if self.stopping.is_set():
             return HealthReport(False, "stopping")
+        blind = self.normaliser.unavailable_points()
+        if blind:  # still ready (the other points report), but not all well: say which device is half blind
+            per_device = ", ".join(f"{device}: {len(points)}" for device, points in sorted(blind.items()))
+            return HealthReport(True, f"running; points unavailable (the device says they do not exist): {per_device}")
         return HealthReport(True, "running")
 
     @property
@@ -186,6 +216,7 @@ class Gateway:
             delivery=self.delivery,
             commands=self.commands.stats if self.commands is not None else None,
             paths=[p.stats for p in self.paths],
+            reload=self.reloader.stats if self.reloader is not None else None,
         )
         registry = CollectorRegistry(auto_describe=False)
         registry.register(GatewayCollector(sources))
@@ -208,8 +239,16 @@ class Gateway:
             components.extend(p.name for p in self.paths)
             if self.commands is not None:
                 components.append(self.commands.name)
+            if self.notifier is not None:
+                components.append(SystemdSupervision.name)
+            reloader = self.reloader
+            if reloader is not None:
+                components.append(reloader.name)
             self.operator = OperatorServer(
-                self.endpoints(components).routes(), self.site.metrics.listen, self.site.metrics.port
+                self.endpoints(components).routes(),
+                self.site.metrics.listen,
+                self.site.metrics.port,
+                actions=reloader.actions() if reloader is not None else None,
             )
             operator = self.operator
             _port: int
@@ -224,6 +263,9 @@ class Gateway:
                 inputs.append(tg.create_task(self.supervisor.run(self.commands.name, self.commands.run)))
             for path in self.paths:  # stopped with the inputs: the sink closes the journal they use after them
                 inputs.append(tg.create_task(self.supervisor.run(path.name, path.run, stopping=self.stopping)))
+            if reloader is not None:
+                inputs.append(tg.create_task(self.supervisor.run(reloader.name, reloader.run)))
+            systemd = self._systemd_supervision(tg)  # READY=1 once started; watchdog and status until the end
             self.started.set()
             await self.stopping.wait()
             log.info("gateway stopping: commands first, then the adapters, then the sink")
@@ -233,7 +275,23 @@ class Gateway:
             await self.sink.close()
             sink_task.cancel()
             operator_task.cancel()
+            if systemd is not None:
+                systemd.cancel()
         log.info("gateway stopped", site=self.site.site.id)
+
+    def _systemd_supervision(self, tg: asyncio.TaskGroup) -> asyncio.Task[None] | None:
+        if self.notifier is None:
+            return None
+        inputs = Inputs(self.normaliser, self.supervisor, self.adapters)
+        delivery = self.delivery
+        view = ServiceView(
+            inputs.devices_online,
+            mqtt_connected=None if delivery is None else lambda: delivery.connected,
+            undelivered=None if delivery is None else lambda: delivery.journal_depth,
+            confirming=self.site.delivery.confirm == "meldkamer",
+        )
+        supervision = SystemdSupervision(self.notifier, view, started=self.started, stopping=self.stopping)
+        return tg.create_task(self.supervisor.run(supervision.name, supervision.run))
 
 
 async def _cancel_and_wait(tasks: list[asyncio.Task[None]], round_s: float = 1.0) -> None:
@@ -258,13 +316,14 @@ def _bind(adapter: Adapter, pipeline: Pipeline) -> Callable[[], Awaitable[None]]
 
 
 async def run_until_signalled(gateway: Gateway) -> None:
-    """Run the gateway; SIGTERM and SIGINT stop it cleanly."""
+    """Run the gateway; SIGTERM and SIGINT stop it cleanly, SIGHUP reloads the site config."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, gateway.stop)
+    loop.add_signal_handler(signal.SIGHUP, gateway.request_reload)
     try:
         await gateway.run()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)

@@ -10,10 +10,12 @@ from collections.abc import Sequence
 from typing import Literal
 
 from gateway import __version__
+from gateway.app.reload import Reloader
 from gateway.app.service import Gateway, Inputs, Supervisor
 from gateway.commands.processor import CommandProcessor
 from gateway.commands.store import CommandStore, store_path
 from gateway.config.models import BacnetDevice, ModbusDevice, SiteConfig
+from gateway.config.source import SiteSource
 from gateway.core.normaliser import Normaliser
 from gateway.core.ports import Adapter, EventSink, Replayer
 from gateway.core.stdout_sink import StdoutSink
@@ -22,6 +24,7 @@ from gateway.delivery.publisher import Publisher
 from gateway.delivery.sink import DeliverySink, open_journal
 from gateway.delivery.stats import DeliveryStats
 from gateway.domain.event import utcnow
+from gateway.ops.sdnotify import SystemdNotifier
 
 SinkKind = Literal["mqtt", "stdout"]
 
@@ -52,9 +55,17 @@ def build_commands(site: SiteConfig, adapters: Sequence[Adapter], sink: EventSin
     return CommandProcessor(site, adapters, sink, store=store, replayer=replayer)
 
 
-def build_gateway(site: SiteConfig, *, sink: SinkKind | EventSink = "mqtt", config_hash: str = "") -> Gateway:
+def build_gateway(
+    site: SiteConfig,
+    *,
+    sink: SinkKind | EventSink = "mqtt",
+    config_hash: str = "",
+    notifier: SystemdNotifier | None = None,
+    source: SiteSource | None = None,
+) -> Gateway:
     """The whole process of one building: `mqtt` (journal + delivery), `stdout` (commissioning), or an
-    EventSink of the caller's (tests)."""
+    EventSink of the caller's (tests). `notifier`: systemd's notify socket when run as a Type=notify unit.
+    `source`: the site file (and overlays) the config came from: SIGHUP and POST /-/reload read it again."""
     normaliser = Normaliser(site, epoch=utcnow())
     adapters = build_adapters(site)
     supervisor = Supervisor()
@@ -79,7 +90,7 @@ def build_gateway(site: SiteConfig, *, sink: SinkKind | EventSink = "mqtt", conf
         paths = build_paths(site, event_sink)  # DC-09 receivers: further paths on the sink's journal
     else:
         event_sink = sink
-    return Gateway(
+    gateway = Gateway(
         site,
         event_sink,
         adapters,
@@ -89,4 +100,8 @@ def build_gateway(site: SiteConfig, *, sink: SinkKind | EventSink = "mqtt", conf
         delivery=delivery,
         config_hash=config_hash,
         paths=paths,
+        notifier=notifier,
     )
+    if source is not None:
+        gateway.reloader = Reloader(gateway, source)
+    return gateway

@@ -1,4 +1,4 @@
-"""`gcmk-gateway`: validate site configs, print schemas, run a building's gateway, simulate its devices."""
+"""`gcmk-gateway`: validate site configs, print schemas, run (and reload) a building's gateway, simulate its devices."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway import __version__
-from gateway.config.loader import Overlay, config_hash, load_overlay, load_site
+from gateway.cli.commissioning import add_parsers as add_commissioning_parsers
+from gateway.cli.discover import add_parsers as add_onboarding_parsers
+from gateway.config.loader import load_site
 from gateway.config.models import SiteConfig
+from gateway.config.source import SiteSource
 from gateway.config.types import parse_duration
 from gateway.delivery.journal import JournalError
 from gateway.domain.errors import ConfigError, SiteConfigFault
@@ -69,6 +72,19 @@ def _parser() -> argparse.ArgumentParser:
         help="stdout: print events as JSON lines (commissioning), no journal",
     )
     run.set_defaults(handler=_run)
+
+    reload = commands.add_parser(
+        "reload", help="validate a site config, then make the running gateway reload it (without systemd)"
+    )
+    reload.add_argument("--site", required=True, type=Path, metavar="FILE")
+    reload.add_argument("--overlay", action="append", default=[], type=Path, metavar="FILE", help="may repeat")
+    reload.add_argument(
+        "--url",
+        metavar="URL",
+        help="the gateway's operator endpoint (default: http://<metrics.listen>:<metrics.port> of FILE)",
+    )
+    reload.add_argument("--timeout", type=parse_duration, default=60.0, metavar="DURATION")
+    reload.set_defaults(handler=_reload)
 
     simulate = commands.add_parser("simulate", help="start simulated devices of a building on loopback")
     simulate.add_argument("--site", required=True, type=Path, metavar="FILE")
@@ -144,6 +160,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     receive.add_argument("--json", action="store_true", help="JSON lines, and a JSON summary at the end")
     receive.set_defaults(handler=_receive)
+
+    add_onboarding_parsers(commands)  # discover bacnet|modbus, ede import|export (gateway/cli/discover.py)
+    add_commissioning_parsers(commands)  # check, walktest (gateway/cli/commissioning.py)
     return parser
 
 
@@ -177,12 +196,13 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    overlays: list[Overlay] = [load_overlay(p) for p in args.overlay]
-    site = load_site(args.site, overlays)
+    source = SiteSource(args.site, tuple(args.overlay))
+    loaded = source.load()  # the same load-and-validate as a reload (gateway/config/source.py)
+    site = loaded.config
     faults: list[SiteConfigFault] = []
     journal: list[JournalError] = []
     try:
-        return asyncio.run(_run_gateway(site, args.sink, config_hash(args.site)))
+        return asyncio.run(_run_gateway(site, args.sink, loaded.hash, source))
     except* SiteConfigFault as group:
         faults = _leaves(group)
     except* JournalError as group:
@@ -194,18 +214,30 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_USAGE if faults else EXIT_INVALID
 
 
-async def _run_gateway(site: SiteConfig, sink_name: str, cfg_hash: str) -> int:
+async def _run_gateway(site: SiteConfig, sink_name: str, cfg_hash: str, source: SiteSource) -> int:
     import structlog
 
     from gateway.app.service import run_until_signalled
     from gateway.app.wiring import build_gateway
+    from gateway.ops.sdnotify import SystemdNotifier
 
     structlog.contextvars.bind_contextvars(site=site.site.id)  # on every log line of this process
 
-    await run_until_signalled(
-        build_gateway(site, sink="stdout" if sink_name == "stdout" else "mqtt", config_hash=cfg_hash)
+    gateway = build_gateway(
+        site,
+        sink="stdout" if sink_name == "stdout" else "mqtt",
+        config_hash=cfg_hash,
+        notifier=SystemdNotifier.from_environment(),  # None unless run by systemd as a Type=notify unit
+        source=source,  # SIGHUP and POST /-/reload read it again
     )
+    await run_until_signalled(gateway)
     return EXIT_OK
+
+
+def _reload(args: argparse.Namespace) -> int:
+    from gateway.cli.reload import request_reload
+
+    return request_reload(args.site, args.overlay, url=args.url, timeout=args.timeout)
 
 
 E = TypeVar("E", bound=BaseException)

@@ -88,6 +88,13 @@ class CommandProcessor:
         self._executions: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()  # no new commands; running pulses end their hold and restore now
 
+    def use_site(self, site: SiteConfig) -> None:
+        """A reload changed points (names, tenants, actions): commands are checked against the new config from
+        now on; a command already executing finishes with the point it was checked against. The MQTT and
+        commands settings are the same (a change of those needs a restart: gateway/config/diff.py)."""
+        self.site = site
+        self._points = {p.id: p for p in site.points}
+
     # --- lifecycle ------------------------------------------------------------------------------------
 
     async def run(self) -> None:

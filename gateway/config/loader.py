@@ -26,7 +26,10 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from gateway.config.messages import explain
 from gateway.config.models import Loc, SiteConfig, cross_check
+from gateway.config.protocol_checks import check_protocols
+from gateway.config.todo import find_todos
 from gateway.domain.errors import ConfigError
 
 REPEATABLE = ("zones", "devices", "points")
@@ -56,6 +59,7 @@ class _Document:
     problems: list[str] = field(default_factory=list)
     repeats: dict[tuple[int | None, str, str], int] = field(default_factory=dict)
     located: list[tuple[int | None, str, str, tuple[int | None, str, str]]] = field(default_factory=list)
+    decided_later: list[Loc] = field(default_factory=list)  # where a TODO stands
 
     def line_of(self, loc: Loc) -> int | None:
         loc = self._source_loc(loc)
@@ -87,14 +91,19 @@ class _Document:
         return text or "(document)"
 
     def report(self, loc: Loc, message: str) -> None:
-        """Record a problem; the same problem in many expansions of one template is reported once."""
+        """Record a problem; the same problem in many expansions of one template is reported once. What
+        follows from a TODO left in place (an unknown tenant 'TODO') is not reported: the TODO is."""
+        if any(loc[: len(todo)] == todo for todo in self.decided_later):
+            return
         line = self.line_of(loc)
         described = self.describe(loc)
         template = re.sub(r" \(repeat n=\d+\)", "", described)
-        key = (line, template, message)
-        if key in self.repeats and template != described:
-            self.repeats[key] += 1
-            return
+        # expansions of one template differ only in their numbers ("address 65536", "65537"): said once
+        key = (line, template, message if template == described else re.sub(r"\d+", "#", message))
+        if key in self.repeats:
+            if template != described:
+                self.repeats[key] += 1
+            return  # the same problem twice (e.g. both members of a union) is said once
         self.repeats[key] = 0
         self.located.append((line, described, message, key))
 
@@ -119,6 +128,9 @@ def load_site(path: Path | str, overlays: Sequence[Overlay] = ()) -> SiteConfig:
             _apply_overlay(doc, overlay)
     if doc.problems or doc.located:
         raise ConfigError(doc.problems_text)
+    for loc, message in find_todos(doc.data):
+        doc.report(loc, message)
+        doc.decided_later.append(loc)
     try:
         site = SiteConfig.model_validate(doc.data)
     except ValidationError as exc:
@@ -126,7 +138,7 @@ def load_site(path: Path | str, overlays: Sequence[Overlay] = ()) -> SiteConfig:
             loc, message = _explain(doc.data, error)
             doc.report(loc, message)
         raise ConfigError(doc.problems_text) from None
-    for loc, message in cross_check(site):
+    for loc, message in [*cross_check(site), *check_protocols(site)]:
         doc.report(loc, message)
     if doc.located:
         raise ConfigError(doc.problems_text)
@@ -366,7 +378,38 @@ def _explain(data: Any, error: ErrorDetails) -> tuple[Loc, str]:
         return loc, f"protocol must be one of {ctx.get('expected_tags', 'bacnet, modbus')}"
     if kind == "union_tag_not_found":
         return loc, "missing required key 'protocol' (bacnet or modbus)"
-    return loc, message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if kind in ("value_error", "assertion_error"):
+        return loc, message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if loc and loc[-1] in ("int", "str") and _is_raw_value_list(loc):
+        loc = loc[:-1]  # the members of RawValue (int | str): one message for both
+        value = _node_at(data, loc)
+        return loc, f"a raw value is a whole number (Modbus, BACnet state numbers) or a name (BACnet), not '{value}'"
+    field = next((str(p) for p in reversed(loc) if isinstance(p, str)), "")
+    value = _node_at(data, loc)
+    parent = _node_at(data, loc[:-1]) if loc else None
+    if len(loc) >= 3 and loc[-1] == "[key]":  # a mapping's key is wrong: name the key, point at its line
+        loc = loc[:-1]
+        field, value, parent = str(loc[-2]), loc[-1], _node_at(data, loc[:-2])
+        model = _clean_loc(data, loc[:-1])[1]
+    explained = explain(kind, dict(error.get("ctx") or {}), value, model.__name__ if model else "", field, parent)
+    return loc, explained if explained is not None else message
+
+
+def _is_raw_value_list(loc: Loc) -> bool:
+    names = {"alarm", "normal", "fault", "other_alarms", "value", "restore"}
+    return any(part in names for part in loc if isinstance(part, str))
+
+
+def _node_at(data: Any, loc: Loc) -> Any:
+    node = data
+    for part in loc:
+        found = (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        )
+        if not found:
+            return None
+        node = node[part]
+    return node
 
 
 def _clean_loc(data: Any, loc: Loc) -> tuple[Loc, type[BaseModel] | None]:

@@ -19,8 +19,11 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
+from gateway.config import addresses
+from gateway.config import bacnet_tables as bt
+from gateway.config.suggest import closest, did_you_mean
 from gateway.config.types import Duration, Identifier
-from gateway.domain.taxonomy import TYPES, Category, EventState, EventType
+from gateway.domain.taxonomy import GATEWAY_RAISED, TYPES, Category, EventState, EventType
 from gateway.domain.values import RawValue
 
 Loc = tuple[str | int, ...]
@@ -223,6 +226,16 @@ class BacnetLocal(Strict):
     port: int = Field(47808, ge=1, le=65535)
     device_instance: int = Field(4_194_000, ge=0, le=4_194_302, description="the gateway's own BACnet id")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _port_after_colon(cls, data: object) -> object:
+        return addresses.take_port_from_address(data, "address")
+
+    @field_validator("address")
+    @classmethod
+    def _ipv4(cls, value: str) -> str:
+        return addresses.bacnet_local_ipv4(value)
+
 
 class MetricsConfig(Strict):
     listen: str = Field("127.0.0.1", description="bind address of /metrics, /healthz, /readyz")
@@ -249,6 +262,17 @@ class BacnetDevice(Strict):
         "UTC_Offset / Daylight_Savings_Status (for a panel whose offset properties are wrong). " + DEVICE_CLOCK_RULES,
         examples=["Europe/Amsterdam"],
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _port_after_colon(cls, data: object) -> object:
+        """`address: 192.0.2.10:47809` is shorthand for `address: 192.0.2.10` + `port: 47809`."""
+        return addresses.take_port_from_address(data, "address")
+
+    @field_validator("address")
+    @classmethod
+    def _ipv4(cls, value: str) -> str:
+        return addresses.bacnet_ipv4(value)
 
     @property
     def address_text(self) -> str:
@@ -280,6 +304,17 @@ class ModbusDevice(Strict):
     offline_after_failures: int = Field(3, ge=1, le=100, description="consecutive failed polls -> offline")
     max_gap: int = Field(8, ge=0, le=100, description="unused addresses a block read may span")
     inter_request_delay: Duration = Field(0.0, description="spacing between requests on a shared RTU bus")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _port_after_colon(cls, data: object) -> object:
+        """`host: 192.0.2.20:5020` is shorthand for `host: 192.0.2.20` + `port: 5020`."""
+        return addresses.take_port_from_address(data, "host")
+
+    @field_validator("host")
+    @classmethod
+    def _host_without_port(cls, value: str | None) -> str | None:
+        return None if value is None else addresses.modbus_host(value)
 
     @model_validator(mode="after")
     def _transport_fields(self) -> ModbusDevice:
@@ -353,13 +388,36 @@ class BacnetSource(Strict):
     @field_validator("object")
     @classmethod
     def _object_shape(cls, value: str) -> str:
+        """'<object-type>,<instance>' with a type bacpypes3 knows and an instance BACnet allows."""
         if not _BACNET_OBJECT.match(value):
-            raise ValueError("object must be '<object-type>,<instance>', e.g. 'life-safety-point,3'")
+            kind, _, instance = (part.strip() for part in value.partition(","))
+            guess = closest(kind, bt.OBJECT_TYPES) if kind else None
+            hint = f"; did you mean '{guess},{instance}'?" if guess and instance.isdigit() else ""
+            raise ValueError(f"object must be '<object-type>,<instance>', e.g. 'life-safety-point,3'{hint}")
+        kind, instance = value.split(",")
+        if kind not in bt.OBJECT_TYPES:
+            hint = did_you_mean(kind, bt.OBJECT_TYPES) or _types_hint()
+            raise ValueError(f"unknown BACnet object type '{kind}'{hint}")
+        if int(instance) > bt.MAX_INSTANCE:
+            raise ValueError(
+                f"object instance {int(instance)} is beyond {bt.MAX_INSTANCE}, the highest BACnet instance number"
+            )
+        return value
+
+    @field_validator("property")
+    @classmethod
+    def _known_property(cls, value: str) -> str:
+        if value not in bt.PROPERTY_IDENTIFIERS:
+            raise ValueError(f"unknown BACnet property '{value}'{did_you_mean(value, bt.PROPERTY_IDENTIFIERS)}")
         return value
 
     @builtins.property
     def ref(self) -> str:
         return f"{self.object}/{self.property}"
+
+
+def _types_hint() -> str:
+    return "; object types: " + ", ".join(bt.OBJECT_TYPES)
 
 
 Source = Annotated[ModbusSource | BacnetSource, Field(discriminator="protocol")]
@@ -396,6 +454,13 @@ class PointAction(Strict):
     restore: RawValue | None = Field(None, description="pulse: written after the pulse (e.g. relock)")
     pulse: Duration | None = Field(None, gt=0, description="pulse: default duration (5s)")
     max_pulse: Duration | None = Field(None, gt=0, description="pulse: longest duration a command may ask (30s)")
+
+    @field_validator("property")
+    @classmethod
+    def _known_property(cls, value: str | None) -> str | None:
+        if value is not None and value not in bt.PROPERTY_IDENTIFIERS:
+            raise ValueError(f"unknown BACnet property '{value}'{did_you_mean(value, bt.PROPERTY_IDENTIFIERS)}")
+        return value
 
     @model_validator(mode="after")
     def _shape(self) -> PointAction:
@@ -743,6 +808,32 @@ def cross_check(cfg: SiteConfig) -> list[tuple[Loc, str]]:
     problems.extend(_modbus_address_clashes(cfg))
     problems.extend(_action_target_clashes(cfg))
     problems.extend(_dc09_problems(cfg))
+    problems.extend(_gateway_raised_types(cfg))
+    return problems
+
+
+def _gateway_raised_types(cfg: SiteConfig) -> list[tuple[Loc, str]]:
+    """A point mapped to an event type only the gateway raises (journal_fault, point_unavailable, ...)."""
+    problems: list[tuple[Loc, str]] = []
+
+    def refuse(loc: Loc, event_type: EventType) -> None:
+        problems.append(
+            (
+                loc,
+                f"'{event_type.value}' is raised by the gateway itself, not by a device point: choose the event "
+                "type the device's signal means (e.g. fault, tamper, burglary)",
+            )
+        )
+
+    for index, point in enumerate(cfg.points):
+        if point.type in GATEWAY_RAISED:
+            refuse(("points", index, "type"), point.type)
+        for other in point.other_alarms:
+            if other in GATEWAY_RAISED:
+                refuse(("points", index, "other_alarms", other.value), other)
+        for e_index, event in enumerate(point.events):
+            if event.type in GATEWAY_RAISED:
+                refuse(("points", index, "events", e_index, "type"), event.type)
     return problems
 
 

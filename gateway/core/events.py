@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from gateway.domain.event import Credential, Event, Notification, PointRef, SourceRef, make_codes, new_event_id
+from gateway.domain.event import (
+    Credential,
+    EndCause,
+    Event,
+    Notification,
+    PointRef,
+    SourceRef,
+    make_codes,
+    new_event_id,
+)
 from gateway.domain.taxonomy import TYPES, Category, EventState, EventType
 
 
@@ -28,6 +37,7 @@ def make_event(
     credential: Credential | None = None,
     notification: Notification | None = None,
     text: str | None = None,
+    cause: EndCause | None = None,
 ) -> Event:
     """An event without seq (the sink assigns it at commit). Category and priority default to the taxonomy's."""
     info = TYPES[event_type]
@@ -48,4 +58,5 @@ def make_event(
         credential=credential,
         notification=notification,
         text=text,
+        cause=cause,
     )

@@ -7,6 +7,12 @@ often a value is polled. A change must hold for the point's debounce time before
 (a silent device, an unreadable reply) changes nothing: no false restore. Momentary points (access
 events, arm/disarm) emit one event per new occurrence instead.
 
+A point the device says does not exist (quality `unavailable`) is blind, which is an alarm, not silence: one
+`point_unavailable` alarm (the reason in its text) when it becomes so, its restore with the first good
+reading after. It is tracked apart from the condition (a blind point in alarm stays in alarm: no false
+restore) and persisted as a device-state row keyed `unavailable:<point id>`, so a restart neither raises
+it again nor forgets its restore.
+
 Transactional: `offer`, `offer_tick` and `offer_status` apply a step at once and return it as a `Step`: the
 batch for the sink plus the before-images of what it changed. The caller (the pipeline) `commit`s it once
 the sink durably accepted the batch, or `rollback`s it when the sink did not: the points and the device are
@@ -18,7 +24,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import structlog
@@ -47,9 +53,15 @@ class _Live:
     state: PointState
     quality: Quality = Quality.BAD
     pending: _Pending | None = None
+    unavailable: bool = False  # a point_unavailable alarm is open for it
 
 
 Key = tuple[str, str]  # ("point", id) or ("device", id): what a step may change
+UNAVAILABLE_PREFIX = "unavailable:"  # device-state rows that persist a point's open point_unavailable alarm
+
+
+def unavailable_key(point_id: str) -> str:
+    return UNAVAILABLE_PREFIX + point_id
 
 
 def point_key(point_id: str) -> Key:
@@ -64,13 +76,13 @@ def device_key(device_id: str) -> Key:
 class Step:
     """One normaliser step, already applied: `batch` for the sink, and how to take the step back.
 
-    `points` are the before-images (state, quality, pending) of the points it changed, `devices` those of the
-    devices (online, since); `keys` names both, so that a caller can keep other steps off them until this
-    one is committed or rolled back.
+    `points` are the before-images (state, quality, pending, unavailable) of the points it changed,
+    `devices` those of the devices (online, since); `keys` names both, so that a caller can keep other steps
+    off them until this one is committed or rolled back.
     """
 
     batch: Batch = field(default_factory=Batch)
-    points: tuple[tuple[str, PointState, Quality, _Pending | None], ...] = ()
+    points: tuple[tuple[str, PointState, Quality, _Pending | None, bool], ...] = ()
     devices: tuple[tuple[str, bool | None, datetime], ...] = ()
 
     @property
@@ -90,16 +102,74 @@ class NormaliserStats:
 
 class Normaliser:
     def __init__(self, site: SiteConfig, *, epoch: datetime) -> None:
+        self._live: dict[str, _Live] = {}
+        self._online: dict[str, bool | None] = {}
+        self._device_since: dict[str, datetime] = {}
+        self._configure(site, epoch, ended=())
+        self.stats = NormaliserStats()
+
+    def _configure(self, site: SiteConfig, epoch: datetime, ended: Iterable[str]) -> None:
+        """Take `site` as the config; live state is carried over by point id and device id, except for
+        the points in `ended` (replaced by a point of another kind), which start unknown like new ones."""
+        ended = set(ended)
         self._site = site
         self._points = {p.id: p for p in site.points}
         self._devices = {d.id: d for d in site.devices}
         self._addresses = {d.id: d.address_text for d in site.devices}
         self._classifiers = {p.id: _classifier(p) for p in site.points if p.kind == "state"}
         self._momentary = {p.id: {str(e.value): e for e in p.events} for p in site.points if p.kind == "momentary"}
-        self._live = {p.id: _Live(PointState(p.id, UNKNOWN, None, epoch)) for p in site.points}
-        self._online: dict[str, bool | None] = {d.id: None for d in site.devices}
-        self._device_since: dict[str, datetime] = {d.id: epoch for d in site.devices}
-        self.stats = NormaliserStats()
+        live = self._live
+        self._live = {
+            p.id: live[p.id] if p.id in live and p.id not in ended else _Live(PointState(p.id, UNKNOWN, None, epoch))
+            for p in site.points
+        }
+        online, since = self._online, self._device_since
+        self._online = {d.id: online.get(d.id) for d in site.devices}
+        self._device_since = {d.id: since.get(d.id, epoch) for d in site.devices}
+
+    # --- reconfiguration (gateway/app/reload.py) ---------------------------------------------------------
+
+    def reconfigure(self, site: SiteConfig, now: datetime, ended: Iterable[str] = ()) -> None:
+        """Adopt a new site config at once (synchronous: no reading can come between). Points and devices
+        in both configs keep their condition, quality and pending change, so an alarm active during the
+        reload is neither repeated nor restored; new points start unknown, like at a start. Call
+        `ending_step` first for what the new config removes."""
+        self._configure(site, now, ended)
+
+    def ending_step(self, site: SiteConfig, now: datetime, ended: Iterable[str] = ()) -> Step:
+        """The final events for what `site` (the new config) removes, not yet applied: a restore with `cause`
+        point_removed for every ended point in alarm (the ids in `ended` are ended too: replaced by a point of
+        another kind), and a comm_loss restore with cause device_removed for every removed device that is
+        offline. The ended points' state rows become unknown, so that a point added again later starts afresh.
+        The step changes nothing here (no before-images: nothing to roll back); the reload has the pipeline
+        hold every point's key while it is journaled (`Pipeline.apply(step, hold=...)`)."""
+        keep = {p.id for p in site.points} - set(ended)
+        events: list[Event] = []
+        rows: list[PointState] = []
+        blind_rows: list[DeviceState] = []
+        for pid, live in self._live.items():
+            if pid in keep:
+                continue
+            rows.append(PointState(pid, UNKNOWN, None, now))
+            if live.unavailable:  # its point_unavailable alarm ends with it, or it would stay open for ever
+                reading = Reading(pid, None, live.quality, now, text="point removed from the site config")
+                point = self._points[pid]
+                blind = self._point_event(point, EventType.POINT_UNAVAILABLE, EventState.RESTORE, reading, now)
+                events.append(blind.model_copy(update={"cause": "point_removed"}))
+                blind_rows.append(DeviceState(unavailable_key(pid), True, now))
+            condition = live.state.condition
+            if condition in (NORMAL, UNKNOWN) or self._points[pid].kind != "state":
+                continue
+            reading = Reading(pid, live.state.value, live.quality, now)
+            text = "point removed from the site config by a reload: its alarm ends unobserved"
+            event = self._point_event(self._points[pid], EventType(condition), EventState.RESTORE, reading, now)
+            events.append(event.model_copy(update={"cause": "point_removed", "text": text, "occurred_at": now}))
+        devices_left = {d.id for d in site.devices}
+        for device_id, online in self._online.items():
+            if device_id not in devices_left and online is False:
+                event = self._comm_loss(device_id, EventState.RESTORE, now, "device removed from the site config")
+                events.append(event.model_copy(update={"cause": "device_removed"}))
+        return Step(Batch(tuple(events), tuple(rows), tuple(blind_rows)))
 
     # --- state table ---------------------------------------------------------------------------------
 
@@ -109,7 +179,11 @@ class Normaliser:
             if row.point_id in self._live:
                 self._live[row.point_id] = _Live(row)
         for dev in devices:
-            if dev.device_id in self._online:
+            if dev.device_id.startswith(UNAVAILABLE_PREFIX):
+                live = self._live.get(dev.device_id.removeprefix(UNAVAILABLE_PREFIX))
+                if live is not None:
+                    live.unavailable = not dev.online
+            elif dev.device_id in self._online:
                 self._online[dev.device_id] = dev.online
                 self._device_since[dev.device_id] = dev.since
 
@@ -118,6 +192,14 @@ class Normaliser:
 
     def quality(self, point_id: str) -> Quality:
         return self._live[point_id].quality
+
+    def unavailable_points(self) -> dict[str, list[str]]:
+        """Device id -> its points with an open point_unavailable alarm (for health)."""
+        blind: dict[str, list[str]] = {}
+        for pid, live in self._live.items():
+            if live.unavailable:
+                blind.setdefault(self._points[pid].device, []).append(pid)
+        return blind
 
     def device_online(self, device_id: str) -> bool | None:
         return self._online[device_id]
@@ -142,9 +224,9 @@ class Normaliser:
 
         Exact only if no other step changed them since (the pipeline keeps other steps off `step.keys`
         until this one is settled)."""
-        for point_id, state, quality, pending in step.points:
+        for point_id, state, quality, pending, unavailable in step.points:
             live = self._live[point_id]
-            live.state, live.quality, live.pending = state, quality, pending
+            live.state, live.quality, live.pending, live.unavailable = state, quality, pending, unavailable
         for device_id, online, since in step.devices:
             self._online[device_id] = online
             self._device_since[device_id] = since
@@ -172,7 +254,7 @@ class Normaliser:
         if live is None:
             self._step_reading(reading)
             return Step()
-        before = (reading.point_id, live.state, live.quality, live.pending)
+        before = (reading.point_id, live.state, live.quality, live.pending, live.unavailable)
         batch = self._step_reading(reading)
         return Step(batch, (before,)) if batch else Step()
 
@@ -196,11 +278,17 @@ class Normaliser:
         return self._step_reading_of(point, live, reading)
 
     def _step_reading_of(self, point: PointConfig, live: _Live, reading: Reading) -> Batch:
+        if reading.quality is Quality.UNAVAILABLE:
+            live.quality = Quality.BAD
+            live.pending = None
+            return self._unavailable(point, live, reading, True)
         if reading.quality is Quality.BAD or reading.value is None:
             live.quality = Quality.BAD
             live.pending = None
             return Batch()
         live.quality = Quality.GOOD
+        if live.unavailable:  # readable again: the restore first, then what the value says
+            return _merge([self._unavailable(point, live, reading, False), self._step_reading_of(point, live, reading)])
         if point.kind == "momentary":
             return self._momentary_reading(point, live, reading)
         condition = self._classify(point, reading.value)
@@ -215,6 +303,18 @@ class Normaliser:
             live.pending = _Pending(condition, reading)
         return self._confirm_if_due(point, live, reading.detected_at)
 
+    def _unavailable(self, point: PointConfig, live: _Live, reading: Reading, blind: bool) -> Batch:
+        """Open (blind) or close the point's point_unavailable alarm; nothing if it is so already."""
+        if live.unavailable == blind:
+            return Batch()
+        live.unavailable = blind
+        state = EventState.ALARM if blind else EventState.RESTORE
+        # the restore's text says why it is one (a good reading carries no reason)
+        source = reading if blind else replace(reading, text="readable again", notification=None, credential=None)
+        event = self._point_event(point, EventType.POINT_UNAVAILABLE, state, source, reading.detected_at)
+        row = DeviceState(unavailable_key(point.id), not blind, reading.occurred_at or reading.detected_at)
+        return Batch(events=(event,), devices=(row,))
+
     def tick(self, now: datetime) -> Batch:
         """`offer_tick` and commit at once."""
         step = self.offer_tick(now)
@@ -228,7 +328,7 @@ class Normaliser:
         for pid, live in self._live.items():
             if live.pending is None:
                 continue
-            before = (pid, live.state, live.quality, live.pending)
+            before = (pid, live.state, live.quality, live.pending, live.unavailable)
             batch = self._confirm_if_due(self._points[pid], live, now)
             if batch:
                 befores.append(before)
@@ -353,20 +453,25 @@ class Normaliser:
             return Batch()
         self._online[device.id] = status.online
         self._device_since[device.id] = status.at
-        event = self._event(
+        state = EventState.RESTORE if status.online else EventState.ALARM
+        event = self._comm_loss(device.id, state, status.at, status.reason or None)
+        return Batch(events=(event,), devices=(DeviceState(device.id, status.online, status.at),))
+
+    def _comm_loss(self, device_id: str, state: EventState, at: datetime, text: str | None) -> Event:
+        device = self._devices[device_id]
+        return self._event(
             tenant=None,
             category=Category.SUPERVISION,
             event_type=EventType.COMM_LOSS,
-            state=EventState.RESTORE if status.online else EventState.ALARM,
+            state=state,
             priority=TYPES[EventType.COMM_LOSS].priority,
             point=PointRef(id=device.id, name=device.name),
             source=SourceRef(protocol=device.protocol, device_id=device.id, address=self._addresses[device.id]),
-            occurred_at=status.at,
-            detected_at=status.at,
+            occurred_at=at,
+            detected_at=at,
             commissioning=False,
-            text=status.reason or None,
+            text=text,
         )
-        return Batch(events=(event,), devices=(DeviceState(device.id, status.online, status.at),))
 
     def _event(
         self,
@@ -400,6 +505,16 @@ class Normaliser:
             notification=reading.notification if reading else None,
             text=(reading.text if reading else None) or text,
         )
+
+
+def decode(point: PointConfig, value: RawValue) -> str | None:
+    """What one raw value means for the point, as the normaliser decides it: for a state point its condition
+    (`normal` or an event type), for a momentary point the event type it raises; None when the point's config
+    maps the value to nothing (a state point then goes to `fault`). For commissioning (`gcmk-gateway check`)."""
+    if point.kind == "momentary":
+        event = {_key(e.value): e for e in point.events}.get(_key(value))
+        return None if event is None else event.type.value
+    return _classifier(point).get(_key(value))
 
 
 def _key(value: RawValue | None) -> str:

@@ -56,16 +56,26 @@ class Pipeline:
             await self._settled(self.normaliser.status_keys(status))
         await self._accept(self.normaliser.offer_status(status))
 
+    async def settle(self, keys: Iterable[Key]) -> None:
+        """Wait until no step awaiting the sink holds any of `keys` (a reload, before its ending step)."""
+        await self._settled(keys)
+
+    async def apply(self, step: Step, hold: Iterable[Key] = ()) -> Sequence[Event]:
+        """Hand a step made outside the readings (a reload's final events) to the sink, under the same rules:
+        its keys, and the keys in `hold` (which it does not change: nothing to roll back there), are held
+        until the sink settled it, and it is rolled back if the sink refuses it."""
+        return await self._accept(step, tuple(hold))
+
     async def _settled(self, keys: Iterable[Key]) -> None:
         """Wait until no step awaiting the sink holds any of `keys`."""
         keys = tuple(keys)
         while busy := {self._inflight[k] for k in keys if k in self._inflight}:
             await asyncio.wait(busy)
 
-    async def _accept(self, step: Step) -> Sequence[Event]:
+    async def _accept(self, step: Step, hold: tuple[Key, ...] = ()) -> Sequence[Event]:
         if not step.batch:
             return ()
-        keys = step.keys
+        keys = (*step.keys, *hold)
         settled = asyncio.get_running_loop().create_future()
         for key in keys:
             self._inflight[key] = settled

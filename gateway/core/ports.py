@@ -9,12 +9,13 @@ components and adapters report to the operator endpoints without those knowing a
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
+from gateway.config.models import SiteConfig
 from gateway.core.histogram import Buckets
 from gateway.domain.event import Credential, Event, Notification
 from gateway.domain.state import Batch, DeviceState, PointState
@@ -24,6 +25,9 @@ from gateway.domain.values import RawValue
 class Quality(StrEnum):
     GOOD = "good"
     BAD = "bad"  # the value could not be read (device silent, malformed reply): never a restore
+    # The device answers but says this point does not exist (BACnet unknown-object / unknown-property, Modbus
+    # exception 01-03): a blind point, raised as a point_unavailable alarm with the reason in `text`.
+    UNAVAILABLE = "unavailable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +73,14 @@ class Adapter(Protocol):
     name: str
 
     async def run(self, sink: ReadingSink) -> None: ...
+
+
+@runtime_checkable
+class Reconfigurable(Protocol):
+    """An adapter that can adopt a new site config while running (gateway/app/reload.py), starting and
+    stopping only `devices` (added, removed or changed); its other devices keep running."""
+
+    async def reconfigure(self, site: SiteConfig, devices: Collection[str]) -> None: ...
 
 
 class EventSink(Protocol):
@@ -144,6 +156,7 @@ DEVICE_COUNTERS: dict[str, str] = {
 DEVICE_GAUGES: dict[str, str] = {
     "cov_subscriptions_active": "BACnet COV subscriptions currently active",
     "polled_fallback_objects": "BACnet objects polled because the device refused COV for them",
+    "points_unavailable": "Configured points the device says do not exist (unknown object/property, exception 02)",
 }
 
 

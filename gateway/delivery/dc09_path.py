@@ -160,6 +160,16 @@ class Dc09Path:
         self._areas: Mapping[str, int] = {}
         host.add_commit_listener(self._committed)
 
+    async def numbers_for(self, site: SiteConfig) -> tuple[Mapping[str, int], Mapping[str, int]]:
+        """Zone and area numbers for `site` (a reload's new config): new points and tenants get theirs in the
+        journal's table now, before any event of theirs can be sent. Raises SiteConfigFault on a conflict."""
+        return await self._host.journal_call(numbers, self._host.journal, site, self._clock())
+
+    def use_site(self, site: SiteConfig, site_numbers: tuple[Mapping[str, int], Mapping[str, int]]) -> None:
+        """Adopt a reloaded config (same dc09 section: a change there needs a restart) and its numbers."""
+        self.site = site
+        self._zones, self._areas = site_numbers
+
     def _committed(self, last_seq: int) -> None:
         if last_seq > self.stats.cursor:
             self._wake.set()

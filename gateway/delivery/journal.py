@@ -933,6 +933,27 @@ def _insert_many(db: sqlite3.Connection, head: str, rows: list[list[object]], ta
         db.execute(f"{head} {','.join([row] * len(chunk))}{tail}", params)
 
 
+def read_events_since(path: Path, since: datetime) -> list[Event]:
+    """The journaled events detected at or after `since`, oldest first, read without writing anything (for
+    reports such as the walk test). Safe while the gateway runs: a WAL reader does not block the writer.
+    Events pruned after delivery (journal.retention) are gone."""
+    if not path.is_file():
+        raise JournalError(f"no journal at {path}")
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot open journal {path}: {exc}") from exc
+    try:
+        rows = db.execute(
+            "SELECT payload FROM events WHERE detected_at >= ? ORDER BY seq", (since.timestamp(),)
+        ).fetchall()
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot read journal {path}: {exc}") from exc
+    finally:
+        db.close()
+    return [Event.from_json(row[0]) for row in rows]
+
+
 def parse_page(text: str) -> list[Journaled]:
     return [Journaled(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7]) for r in json.loads(text)]
 

@@ -120,6 +120,7 @@ class Publisher:
         self._factory = ClientFactory.of(site.mqtt)
         self._protocol: str | None = None if self._mqtt.protocol == "auto" else self._mqtt.protocol
         self._stop = asyncio.Event()
+        self._status_changed = asyncio.Event()  # the retained status must be published again (a reload)
         self.session: Session[Outgoing] | None = None  # the current session (tests inspect it)
         self._window = _Window(0)
         self._grace = 0.0
@@ -133,6 +134,11 @@ class Publisher:
         stats.insecure = not self._mqtt.uses_tls
         if stats.insecure:
             log.warning("mqtt_insecure", url=self._mqtt.url, detail="plain TCP without TLS (insecure: true)")
+
+    def status_changed(self) -> None:
+        """The status document changed (a reload's config hash): publish it again, retained, at once if
+        connected (else with the next connection, as always)."""
+        self._status_changed.set()
 
     def request_stop(self, grace: float) -> None:
         """Ask the running loop to drain for up to `grace` seconds, publish `offline` and disconnect."""
@@ -346,11 +352,17 @@ class Publisher:
         loop = asyncio.get_running_loop()
         due = loop.time()
         while True:
-            doc = await self._heartbeat()
-            await self._publish_wait(session, self._heartbeat_topic, doc.to_json(), False, self._heartbeat_props)
-            self._stats.heartbeats += 1
-            due = max(due + interval, loop.time())
-            await asyncio.sleep(due - loop.time())
+            if self._status_changed.is_set():
+                self._status_changed.clear()
+                status = self._online().to_json()
+                await self._publish_wait(session, self._status_topic, status, True, self._status_props)
+            if loop.time() >= due:
+                doc = await self._heartbeat()
+                await self._publish_wait(session, self._heartbeat_topic, doc.to_json(), False, self._heartbeat_props)
+                self._stats.heartbeats += 1
+                due = max(due + interval, loop.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._status_changed.wait(), max(0.0, due - loop.time()))
 
     async def _pump(self, session: Session[Outgoing]) -> None:
         """Publishes the outbox through the bounded window, without a task or awaitable per message: each PUBACK

@@ -183,6 +183,11 @@ class DeliverySink(RunsInBackground):
             subscriptions=subscriptions,
         )
 
+    def use_config_hash(self, config_hash: str) -> None:
+        """A reload applied another site file: the retained status carries its hash from now on."""
+        self._config_hash = config_hash
+        self.publisher.status_changed()
+
     def health(self) -> HealthReport:
         """For /readyz: MQTT connected and the journal writable."""
         if not self.stats.connected:

@@ -81,6 +81,10 @@ class Notification(_Model):
     notification_class: int | None = None
 
 
+# Why the gateway ended an alarm itself (docs/operations.md, "Reloading the site config").
+EndCause = Literal["point_removed", "device_removed"]
+
+
 class Event(_Model):
     """One normalised alarm, restore or information event."""
 
@@ -106,6 +110,12 @@ class Event(_Model):
     credential: Credential | None = None
     notification: Notification | None = None
     text: str | None = Field(None, description="human-readable detail, e.g. the fault reason")
+    cause: EndCause | None = Field(
+        None,
+        description="set only on a restore the gateway made itself because a config reload removed the point"
+        " (point_removed) or its device (device_removed) while it was in alarm: the alarm ends unobserved,"
+        " the device did not report normal",
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -41,6 +41,7 @@ class EventType(StrEnum):
     POWER_LOSS = "power_loss"
     LOW_BATTERY = "low_battery"
     COMM_LOSS = "comm_loss"
+    POINT_UNAVAILABLE = "point_unavailable"
     BYPASS = "bypass"
     ARMED = "armed"
     DISARMED = "disarmed"
@@ -49,6 +50,8 @@ class EventType(StrEnum):
     JOURNAL_FAULT = "journal_fault"
     PATH_FAULT = "path_fault"
     COMMAND = "command"
+    CONFIG_CHANGED = "config_changed"
+    CONFIG_RELOAD_FAILED = "config_reload_failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,12 @@ TYPES: dict[EventType, TypeInfo] = {
     EventType.POWER_LOSS: TypeInfo(Category.TECHNICAL, 4, "301", "AT", "AR"),
     EventType.LOW_BATTERY: TypeInfo(Category.TECHNICAL, 4, "302", "YT", "YR"),
     EventType.COMM_LOSS: TypeInfo(Category.SUPERVISION, 2, "350", "YC", "YK"),
+    # A configured point the device says does not exist (BACnet unknown-object / unknown-property, Modbus
+    # exception 01-03): the device answers, but this point cannot report an alarm, so it is as blind as a
+    # point behind a lost link (priority 2, like comm_loss). Contact ID 380 "sensor trouble" is the code for
+    # one zone's sensor that cannot be supervised (350/354 are for the path and 373 for fire loops only); SIA
+    # UT / UJ "untyped zone trouble / trouble restore" carry the point as the zone number.
+    EventType.POINT_UNAVAILABLE: TypeInfo(Category.SUPERVISION, 2, "380", "UT", "UJ"),
     EventType.BYPASS: TypeInfo(Category.INTRUSION, 4, "570", "BB", "BU"),
     EventType.ARMED: TypeInfo(Category.INTRUSION, 5, "401", "CL", None),
     EventType.DISARMED: TypeInfo(Category.INTRUSION, 5, "401", "OP", None),
@@ -93,7 +102,30 @@ TYPES: dict[EventType, TypeInfo] = {
     # "communications fail" / YK "communications restore".
     EventType.PATH_FAULT: TypeInfo(Category.SUPERVISION, 2, "354", "YC", "YK"),
     EventType.COMMAND: TypeInfo(Category.SUPERVISION, 5, "000", "LX", None),
+    # A reload applied a new site config (audit, info): Contact ID 306 "panel programming changed", SIA RS
+    # "remote program success" (the change came from outside the panel; YG "parameter changed" would do too,
+    # RS pairs with the failure's RU).
+    EventType.CONFIG_CHANGED: TypeInfo(Category.SUPERVISION, 5, "306", "RS", None),
+    # A reload was refused (invalid file, or a change that needs a restart): the gateway keeps the old config.
+    # Contact ID has no code for a refused programming attempt (306 would say the programming changed), so 300
+    # "system trouble", as for the journal; SIA RU "remote program fail". Priority 3: nothing is lost, but the
+    # building does not run the config its installer deployed.
+    EventType.CONFIG_RELOAD_FAILED: TypeInfo(Category.SUPERVISION, 3, "300", "RU", None),
 }
+
+# Raised by the gateway about itself or its inputs, never by a device point: a site config that maps a point to
+# one of these would make a device's alarm look like the gateway's own supervision.
+GATEWAY_RAISED: frozenset[EventType] = frozenset(
+    {
+        EventType.INFO_SHED,
+        EventType.JOURNAL_FAULT,
+        EventType.COMMAND,
+        EventType.POINT_UNAVAILABLE,
+        EventType.CONFIG_CHANGED,
+        EventType.CONFIG_RELOAD_FAILED,
+        EventType.PATH_FAULT,
+    }
+)
 
 # Contact ID qualifiers: 1 = new event / opening, 3 = restore / closing, 6 = still present.
 QUALIFIER = {EventState.ALARM: "1", EventState.RESTORE: "3", EventState.INFO: "1"}

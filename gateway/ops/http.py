@@ -1,17 +1,18 @@
 """The operator endpoints on one port: /metrics (Prometheus text format), /healthz and /readyz.
 
 A minimal HTTP/1.1 responder on asyncio streams, so the server is one more task in the gateway's
-TaskGroup (no thread to leak or to outlive the loop). Only GET and HEAD; every response closes the
-connection; a request that is not understood gets 400 and a handler that raises gets 500 (logged), never
-an exception out of the server. Handlers are synchronous: they read plain attributes, so a scrape cannot
-interleave with the components it reports on.
+TaskGroup (no thread to leak or to outlive the loop). GET and HEAD, and POST for the actions given
+(/-/reload); every response closes the connection; a request that is not understood gets 400 and a handler
+that raises gets 500 (logged), never an exception out of the server. GET handlers are synchronous: they read
+plain attributes, so a scrape cannot interleave with the components it reports on. An action is awaited
+without the request's 5 s deadline (a reload takes as long as it takes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -32,19 +33,24 @@ class Response:
 
 
 Handler = Callable[[], Response]
+Action = Callable[[], Awaitable[Response]]  # a POST endpoint (e.g. /-/reload): may take longer than a read
 _REASONS = {
     200: "OK",
     400: "Bad Request",
     404: "Not Found",
     405: "Method Not Allowed",
+    409: "Conflict",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
 
 
 class OperatorServer:
-    def __init__(self, routes: dict[str, Handler], host: str, port: int) -> None:
+    def __init__(
+        self, routes: dict[str, Handler], host: str, port: int, actions: dict[str, Action] | None = None
+    ) -> None:
         self._routes = routes
+        self._actions = actions or {}
         self._host = host
         self._port = port
         self.port: int | None = None
@@ -68,8 +74,8 @@ class OperatorServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            async with asyncio.timeout(5):
-                response, head_only = await self._respond(reader)
+            async with asyncio.timeout(5) as deadline:  # for the request; an action runs to its end
+                response, head_only = await self._respond(reader, deadline)
             status_line = f"HTTP/1.1 {response.status} {_REASONS.get(response.status, '')}\r\n"
             headers = (
                 f"Content-Type: {response.content_type}\r\nContent-Length: {len(response.body)}\r\n"
@@ -84,7 +90,7 @@ class OperatorServer:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    async def _respond(self, reader: asyncio.StreamReader) -> tuple[Response, bool]:
+    async def _respond(self, reader: asyncio.StreamReader, deadline: asyncio.Timeout) -> tuple[Response, bool]:
         line = await reader.readline()
         while (header := await reader.readline()) not in (b"\r\n", b"\n", b""):
             if len(header) > MAX_REQUEST_LINE:
@@ -93,6 +99,13 @@ class OperatorServer:
         if len(parts) != 3 or not parts[2].startswith("HTTP/"):
             return Response(400, b"bad request\n"), False
         method, target = parts[0], parts[1].split("?", 1)[0]
+        if method == "POST" and target in self._actions:
+            deadline.reschedule(None)
+            try:
+                return await self._actions[target](), False
+            except Exception:
+                log.exception("operator action failed", path=target)
+                return Response(500, b"internal error\n"), False
         if method not in ("GET", "HEAD"):
             return Response(405, b"method not allowed\n"), False
         handler = self._routes.get(target)

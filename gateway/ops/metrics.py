@@ -51,6 +51,29 @@ class Sources:
     commands: CommandStats | None = None
     paths: Sequence[PathStats] = ()  # DC-09 delivery paths
     started_at: float = field(default_factory=time.time)
+    reload: ReloadStats | None = None  # when the gateway can reload its config; its hash then wins
+
+
+@dataclass
+class ReloadStats:
+    """Config reloads (SIGHUP, POST /-/reload, `gcmk-gateway reload`): the hash in force and the outcomes.
+    The start counts as a successful load, as in Prometheus' own `prometheus_config_last_reload_*`."""
+
+    config_hash: str
+    last_successful: bool = True
+    last_success_at: float = field(default_factory=time.time)
+    applied: int = 0
+    failed: int = 0
+
+    def succeeded(self, config_hash: str, at: float) -> None:
+        self.config_hash = config_hash
+        self.last_successful = True
+        self.last_success_at = at
+        self.applied += 1
+
+    def refused(self) -> None:
+        self.last_successful = False
+        self.failed += 1
 
 
 def site_hash(site: SiteConfig) -> str:
@@ -104,7 +127,27 @@ class GatewayCollector:
             "Version of the gateway software",
             {"version": src.version, "python": platform.python_version()},
         )
-        yield InfoMetricFamily("gcmk_config", "Site config in force", {"site": site, "config_hash": src.config_hash})
+        config_hash = src.reload.config_hash if src.reload is not None else src.config_hash
+        yield InfoMetricFamily("gcmk_config", "Site config in force", {"site": site, "config_hash": config_hash})
+        if src.reload is not None:
+            yield _gauge(
+                "gcmk_config_last_reload_successful",
+                "1 if the last config load (start or reload) was applied, 0 if it was refused",
+                site,
+                float(src.reload.last_successful),
+            )
+            yield _gauge(
+                "gcmk_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last config load that was applied (the start counts)",
+                site,
+                src.reload.last_success_at,
+            )
+            reloads = CounterMetricFamily(
+                "gcmk_config_reloads", "Config reloads by outcome (applied, failed)", labels=["site", "outcome"]
+            )
+            reloads.add_metric([site, "applied"], src.reload.applied)
+            reloads.add_metric([site, "failed"], src.reload.failed)
+            yield reloads
         yield _gauge("gcmk_start_time_seconds", "Unix time the gateway started", site, src.started_at)
         tls_disabled = src.delivery.insecure if src.delivery is not None else not src.site.mqtt.uses_tls
         yield _gauge(

@@ -190,6 +190,9 @@ def _session_props() -> Any:
 # --- the gateway process ---------------------------------------------------------------------------------
 
 
+BATCH = 5  # events per `accept`
+
+
 async def _generate(sink: Any, rate: float, stop: asyncio.Event, count: int | None) -> None:
     """Hands events to the sink at `rate` per second (in small batches) until stopped or `count` reached.
     Prints `accepted <event_id>` (flushed) for every event `accept` acknowledged: the test's record of what
@@ -198,8 +201,8 @@ async def _generate(sink: Any, rate: float, stop: asyncio.Event, count: int | No
     loop = asyncio.get_running_loop()
     start = loop.time()
     while not stop.is_set() and (count is None or n < count):
-        batch = Batch(events=tuple(make_event(n + i) for i in range(5)))
-        n += 5
+        batch = Batch(events=tuple(make_event(n + i) for i in range(BATCH)))
+        n += BATCH
         accepted = await sink.accept(batch)
         sys.stdout.write("".join(f"accepted {e.event_id}\n" for e in accepted))
         sys.stdout.flush()

@@ -77,6 +77,13 @@ def journaled(site: SiteConfig) -> tuple[list[Event], dict[str, str]]:
         journal.close()
 
 
+def now_ms() -> datetime:
+    """Now, cut to the millisecond: events come back from the journal with millisecond time stamps, so a bound
+    taken with microseconds can lie up to 1 ms after an event that happened later."""
+    now = utcnow()
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
 def summary(events: list[Event]) -> list[tuple[str, str, str]]:
     return [(e.point.id, e.type.value, e.state.value) for e in events]
 
@@ -139,7 +146,7 @@ async def test_modbus_alarm_during_a_journal_failure_is_journaled_once_the_disk_
             await collector.wait_for(lambda: bool(collector.on("/heartbeat")), 10)
             assert endpoints.readyz().status == 200
 
-            failed_at = utcnow()
+            failed_at = now_ms()
             disk.fail()
             await sim.raise_alarm("pir-1")
             # offered by poll after poll, refused each time: never recorded as seen, never consumed
@@ -153,7 +160,7 @@ async def test_modbus_alarm_during_a_journal_failure_is_journaled_once_the_disk_
             await collector.wait_for(lambda: not collector.on("/heartbeat")[-1].json()["journal_ok"], 10)
             assert not any(e["point"]["id"] == "pir-1" for e in collector.events())
 
-            recovered_at = utcnow()
+            recovered_at = now_ms()
             disk.recover()
             await collector.wait_for(lambda: any(e["point"]["id"] == "pir-1" for e in collector.events()), 10)
             await collector.wait_for(lambda: collector.on("/heartbeat")[-1].json()["journal_ok"], 10)
@@ -193,7 +200,7 @@ async def test_modbus_comm_loss_during_a_journal_failure_is_journaled_once_the_d
         poller = adapter.pollers[0]
         async with gateway(site, disk, adapter) as (sink, normaliser):
             await wait_until(lambda: normaliser.point_state("pir-1").condition == "normal")
-            failed_at = utcnow()
+            failed_at = now_ms()
             disk.fail()
             await sim.inject("panel", Fault("silent"))
             await wait_until(lambda: poller.stats.online is False)
@@ -201,7 +208,7 @@ async def test_modbus_comm_loss_during_a_journal_failure_is_journaled_once_the_d
             await wait_until(lambda: sink.stats.journal_write_failures >= failures + 2, what="the status refused twice")
             await wait_until(lambda: normaliser.device_online("panel") is True, what="offline status not consumed")
 
-            recovered_at = utcnow()
+            recovered_at = now_ms()
             disk.recover()
             await wait_until(lambda: normaliser.device_online("panel") is False, what="offline reported again")
             await sim.inject("panel", Fault("none"))
@@ -242,7 +249,7 @@ async def test_bacnet_alarm_notified_during_a_journal_failure_is_journaled_and_a
             await wait_until(lambda: normaliser.point_state("det1").condition == "normal", what="resync journaled")
             sim_device = sim.devices["d1"]
             counters = adapter.counters["d1"]
-            failed_at = utcnow()
+            failed_at = now_ms()
             disk.fail()
             await sim.raise_alarm("det1")
             # the original and the device's retry both reached the normaliser as a change, and were refused: rolled
@@ -254,7 +261,7 @@ async def test_bacnet_alarm_notified_during_a_journal_failure_is_journaled_and_a
             assert sink.stats.journal_write_failures >= 2
             assert sim_device.notifications_acked == 0, "no SimpleACK before the commit"
 
-            recovered_at = utcnow()
+            recovered_at = now_ms()
             disk.recover()
             await wait_until(lambda: sim_device.notifications_acked == 1, what="SimpleACK after the commit")
             assert normaliser.point_state("det1").condition == "burglary"
@@ -293,7 +300,7 @@ async def test_bacnet_comm_loss_during_a_journal_failure_is_journaled_once_the_d
         async with gateway(site, disk, adapter) as (sink, normaliser):
             await wait_until(lambda: normaliser.point_state("det1").condition == "normal", what="resync journaled")
             assert normaliser.device_online("d1") is True
-            failed_at = utcnow()
+            failed_at = now_ms()
             disk.fail()
             await sim.inject("d1", Fault("silent"))
             counters = adapter.counters["d1"]
@@ -302,7 +309,7 @@ async def test_bacnet_comm_loss_during_a_journal_failure_is_journaled_once_the_d
             await wait_until(lambda: sink.stats.journal_write_failures >= failures + 2, what="refused, retried")
             await wait_until(lambda: normaliser.device_online("d1") is True, what="offline status not consumed")
 
-            recovered_at = utcnow()
+            recovered_at = now_ms()
             disk.recover()
             await wait_until(lambda: normaliser.device_online("d1") is False, what="offline reported again")
             await sim.inject("d1", Fault("none"))

@@ -186,8 +186,8 @@ async def test_exception_02_reported_once_and_not_hammered() -> None:
             await sim.raise_alarm("good")  # the healthy block keeps working
             await sink.wait_for(lambda: sink.good_value("good") == 1)
         missing = sink.of("missing")
-        assert len(missing) == 1 and missing[0].quality is Quality.BAD and missing[0].value is None
-        assert missing[0].text is not None and "holding:500" in missing[0].text and "02" in missing[0].text
+        assert len(missing) == 1 and missing[0].quality is Quality.UNAVAILABLE and missing[0].value is None
+        assert missing[0].text is not None and "holding 500" in missing[0].text and "02" in missing[0].text
         at_500 = [r for r in sim.requests("d") if r.address == 500]
         assert len(at_500) == 1, "a configuration fault must not be retried at the poll rate"
         assert stats.errors["ConfigurationFault"] == 1
@@ -338,7 +338,7 @@ async def test_device_rejecting_every_block_is_still_supervised_and_recovers() -
         async with running(lambda: adapter.run(sink)):
             await sink.wait_for(lambda: sink.good_value("c") == 0 and sink.good_value("h") == 0)
             await sim.inject("d", Fault("exception", code=2))  # e.g. a panel reconfigured under us
-            await sink.wait_for(lambda: all(sink.of(p)[-1].quality is Quality.BAD for p in ("c", "h")))
+            await sink.wait_for(lambda: all(sink.of(p)[-1].quality is Quality.UNAVAILABLE for p in ("c", "h")))
             start, polls = len(sim.requests("d")), stats.polls
             await wait_until(lambda: stats.polls >= polls + 10)
             per_poll = (len(sim.requests("d")) - start) / (stats.polls - polls)
@@ -348,4 +348,4 @@ async def test_device_rejecting_every_block_is_still_supervised_and_recovers() -
             await sink.wait_for(lambda: sink.good_value("c") == 0 and sink.good_value("h") == 0)
         assert per_poll <= 1.2  # not every block at the poll rate: one keep-alive read
         assert [s.online for s in sink.statuses] == [True, False, True]
-        assert [r.quality for r in sink.of("h")] == [Quality.GOOD, Quality.BAD, Quality.GOOD]
+        assert [r.quality for r in sink.of("h")] == [Quality.GOOD, Quality.UNAVAILABLE, Quality.GOOD]

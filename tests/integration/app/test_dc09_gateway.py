@@ -4,9 +4,11 @@ arrives on MQTT (confirmed by the reference receiver) and at pysiaalarm (ACKed),
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 from gateway.app.wiring import build_gateway
+from gateway.config.source import SiteSource
 from gateway.testing import wait_until
 from simulators.modbus_sim import ModbusSiteSimulator
 from tests.integration.delivery.test_confirmation import receiver, stored
@@ -62,8 +64,10 @@ async def test_an_alarm_at_a_device_arrives_on_mqtt_and_over_dc09(tmp_path: Path
             await wait_until(lambda: gateway.delivery is not None and gateway.delivery.confirmed_seq >= 1, 15)
             scrape = await scrape_until(  # the backlog gauges are refreshed every 0.25-1 s
                 port,
-                lambda s: s.value("gcmk_dc09_acked_total", receiver="ats") == 1
-                and s.value("gcmk_dc09_unacknowledged", receiver="ats") == 0,
+                lambda s: (
+                    s.value("gcmk_dc09_acked_total", receiver="ats") == 1
+                    and s.value("gcmk_dc09_unacknowledged", receiver="ats") == 0
+                ),
             )
             assert scrape.value("gcmk_dc09_up", receiver="ats") == 1
             assert scrape.value("gcmk_dc09_oldest_unacknowledged_age_seconds", receiver="ats") == 0
@@ -86,3 +90,58 @@ async def test_an_alarm_at_a_device_arrives_on_mqtt_and_over_dc09(tmp_path: Path
         await sia.stop()
         await sim.stop()
     assert stored(tmp_path / "receiver")[:1] == [1], "the alarm reached the meldkamer over MQTT"
+
+
+async def test_a_point_added_by_a_reload_gets_its_own_zone_number_over_dc09(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    sia = SiaReceiver()
+    await sia.start()
+    key_file = tmp_path / "dc09.key"
+    key_file.write_text(KEY_TEXT.encode().hex(), encoding="ascii")
+    points = [point("pir-1", "panel", "coil", 0), point("pir-2", "panel", "coil", 1)]
+    doc = site_doc([device("panel", poll_interval=0.1, timeout=0.08)], points)
+    doc["site"]["id"] = SITE
+    doc.update(
+        mqtt={"url": mosquitto.url, "insecure": True},
+        journal={"data_dir": str(tmp_path / "journal")},
+        delivery={"confirm": "broker"},
+        metrics={"listen": "127.0.0.1", "port": 0},
+        dc09={
+            "receivers": [
+                {
+                    "id": "ats",
+                    "host": "127.0.0.1",
+                    "port": sia.port,
+                    "account": "4711",
+                    "key_file": str(key_file),
+                    "supervision": 1.0,
+                    "ack_timeout": 0.3,
+                }
+            ]
+        },
+    )
+    sim = ModbusSiteSimulator(site_of(doc))  # the device has both inputs; the first config reads only pir-1
+    await sim.start()
+    site_file = tmp_path / "site.json"
+    site_file.write_text(json.dumps({**doc, "points": points[:1]}), encoding="utf-8")
+    source = SiteSource(site_file, (sim.overlay(),))
+    try:
+        gateway = build_gateway(source.load().config, config_hash="first", source=source)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(gateway.run())
+            await asyncio.wait_for(gateway.started.wait(), 10)
+            await sim.raise_alarm("pir-1")
+            await wait_until(lambda: sia.codes() == ["BA"], 15, what="pir-1's alarm at pysiaalarm")
+            site_file.write_text(json.dumps(doc), encoding="utf-8")  # pir-2 added
+            assert gateway.reloader is not None
+            outcome = await gateway.reloader.reload()
+            assert outcome.applied, outcome
+            await sim.raise_alarm("pir-2")
+            await wait_until(lambda: sia.codes() == ["BA", "BA"], 15, what="pir-2's alarm at pysiaalarm")
+            zones = [str(e.message).strip() for e in sia.events]
+            assert zones[1] not in ("", "0", "000") and zones[1] != zones[0], zones
+            gateway.stop()
+    finally:
+        await sia.stop()
+        await sim.stop()

@@ -15,12 +15,13 @@ from gateway.testing import wait_until
 from gateway.tools.receiver import ReceiverState
 from gateway.tools.receiver_link import ReceiverLink, ReceiverOptions
 from gateway.tools.receiver_store import ReceiverStore
-from tests.support.delivery_harness import SITE, Collector, site_config
+from tests.support.delivery_harness import BATCH, SITE, Collector, site_config
 from tests.support.mosquitto import Mosquitto, mosquitto
 from tests.support.paths import REPO
 
 __all__ = ["mosquitto"]
 
+KILLS = 20
 CONFIRMED = {"confirm": "meldkamer", "receivers": ["meldkamer"], "confirm_timeout": "1s"}
 
 
@@ -81,7 +82,7 @@ async def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Pa
         listening = tg.create_task(collector.run())
         receiving = tg.create_task(receiver.run(stop_receiver))
         await asyncio.wait_for(collector.connected.wait(), 10)
-        for round_ in range(20):
+        for round_ in range(KILLS):
             proc, reader = await start_gateway(config, accepted, "--rate", "500")
             await asyncio.sleep(rng.uniform(0.05, 0.5))  # the random moment of the kill (not a synchronisation)
             proc.kill()
@@ -98,11 +99,16 @@ async def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Pa
         await reader
         report = json.loads(next(a for a in accepted if a.startswith("report ")).removeprefix("report "))
         promised = {a for a in accepted if not a.startswith("report ")}
-        assert report["last_seq"] > 200 and len(promised) == report["last_seq"], "every journaled event was printed"
-        await wait_until(lambda: promised <= stored_ids(state_dir), 30, what="every acknowledged id confirmed")
+        last_seq = report["last_seq"]
+        # A kill can fall between a batch's commit and the harness printing it: at most one batch per kill is
+        # journaled without being printed. More than that means the printing (the test's record) is broken.
+        assert last_seq > 200 and last_seq - KILLS * BATCH <= len(promised) <= last_seq, (last_seq, len(promised))
+        await wait_until(lambda: len(stored_ids(state_dir)) >= last_seq, 30, what="every journaled event confirmed")
         stop_receiver.set()
         await receiving
         listening.cancel()
-    assert stored_ids(state_dir) == promised, "nothing acknowledged is missing, nothing invented"
+    stored = stored_ids(state_dir)
+    assert promised <= stored, f"acknowledged but missing at the meldkamer: {sorted(promised - stored)[:5]}"
+    assert len(stored) == last_seq, "the meldkamer stored exactly the journaled events: nothing invented"
     status = collector.on("/status")[-1].json()
     assert status["status"] == "offline" and status["reason"] == "shutdown"

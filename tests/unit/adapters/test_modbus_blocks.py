@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapters.modbus.blocks import Block, BlockPoint, plan_blocks, table_limit
+from adapters.modbus.blocks import Block, BlockPoint, plan_blocks, split_block, table_limit
 from gateway.config.models import ModbusSource
 
 
@@ -85,3 +85,12 @@ def test_every_point_in_exactly_one_block_within_limits(
         if first.table == second.table:
             gap = second.address - (first.address + first.count)
             assert gap > max_gap or second.address + second.count - first.address > table_limit(first.table)
+
+
+def test_split_gives_one_block_per_address_and_keeps_bit_fields_of_a_register_together() -> None:
+    (block,) = plan_blocks(
+        [("a", src("holding", 10, bit=0)), ("b", src("holding", 10, bit=3)), ("c", src("holding", 14))], max_gap=8
+    )
+    parts = split_block(block)
+    assert [(p.address, p.count, p.point_ids) for p in parts] == [(10, 1, ("a", "b")), (14, 1, ("c",))]
+    assert [pid for p in parts for pid, _ in p.decode([0b1001])] == ["a", "b", "c"]

@@ -45,12 +45,14 @@ BROKEN = [
     ("inline password", "  password_file: /etc/gcmk/secrets/test-mqtt", "  password: geheim-wachtwoord",
      ("password: geheim", 1), "mqtt.password", "inline secrets are not allowed"),
     ("register out of range", 'address: "100 + {i} // 16"', 'address: "65534 + {i}"', ("65534", 1),
-     "points[0] (repeat n=3 and 5 more).source.address", "less than or equal to 65535"),
+     "points[0] (repeat n=3 and 5 more).source.address",
+     "holding register address 65536 is beyond 65535, the highest Modbus address"),
     ("bit field past the register", 'bit: "{i} % 16"}', 'bit: "{i} % 16", width: 12}', ("{i} % 16", 1),
-     "points[0] (repeat n=6).source", "bit 5 + width 12 does not fit in a 16-bit register"),
+     "points[0] (repeat n=6 and 2 more).source", "bit 5 + width 12 does not fit in a 16-bit register"),
     ("timeout not shorter than interval", "    timeout: 500ms", "    timeout: 1s", ("timeout: 1s", 1),
      "devices[0].timeout", "timeout 1s must be shorter than poll_interval 1s"),
-    ("wrong type", "    port: 5020", "    port: vijf", ("port: vijf", 1), "devices[0].port", "valid integer"),
+    ("wrong type", "    port: 5020", "    port: vijf", ("port: vijf", 1), "devices[0].port",
+     "port must be a whole number, not 'vijf'"),
     ("two BACnet devices on one endpoint", "    device_instance: 1001\n", "    device_instance: 1001\n"
      "  - protocol: bacnet\n    id: fire-2\n    name: Tweede centrale\n    address: 127.0.0.1\n    port: 47809\n"
      "    device_instance: 1002\n", ("port: 47809", 2), "devices[2].port", "share 127.0.0.1:47809"),

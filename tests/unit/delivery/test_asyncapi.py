@@ -130,7 +130,7 @@ def _cat(event_type: EventType) -> Category:
 def test_payload_schemas_are_the_generated_ones() -> None:
     doc = plain(load())
     assert doc["components"]["schemas"] == generated_schemas(), (
-        "docs/asyncapi.yaml is out of date: run .venv/bin/python -m tests.test_asyncapi --write"
+        "docs/asyncapi.yaml is out of date: run .venv/bin/python -m tests.unit.delivery.test_asyncapi --write"
     )
     for message, schema in (("event", "Event"), ("status", "StatusDoc"), ("heartbeat", "HeartbeatDoc"),
                             ("pointState", "PointStateDoc")):

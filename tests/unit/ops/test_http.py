@@ -95,3 +95,26 @@ async def test_a_client_that_never_finishes_its_request_does_not_block_others() 
             assert (await exchange(server.port, b"GET /ok HTTP/1.1\r\n\r\n"))[0] == 200
         finally:
             dawdler.close()
+
+
+async def test_a_post_action_is_awaited_past_the_request_deadline_and_other_posts_are_refused() -> None:
+    """POST /-/reload (gateway/app/reload.py): awaited until it answers; routes without an action take no POST."""
+    release = asyncio.Event()
+
+    async def action() -> Response:
+        await release.wait()
+        return Response(200, b'{"applied": true}\n', "application/json")
+
+    server = OperatorServer({"/metrics": lambda: Response(200, b"m\n")}, "127.0.0.1", 0, actions={"/-/reload": action})
+    async with asyncio.TaskGroup() as tg:
+        port, task = await start(tg, server.serve)
+        pending = asyncio.create_task(exchange(port, b"POST /-/reload HTTP/1.1\r\nContent-Length: 0\r\n\r\n"))
+        status, _headers, body = await exchange(port, b"POST /metrics HTTP/1.1\r\n\r\n")
+        assert status == 405  # a read-only route takes no POST
+        assert not pending.done()
+        release.set()
+        status, headers, body = await pending
+        assert (status, headers["content-type"], body) == (200, "application/json", b'{"applied": true}\n')
+        status, _headers, _body = await exchange(port, b"GET /-/reload HTTP/1.1\r\n\r\n")
+        assert status == 404  # an action answers POST only
+        task.cancel()
