@@ -79,8 +79,10 @@ def test_zone_and_area_overrides_load_also_from_repeat_templates(tmp_path: Path)
 
 # (case, old text, new text (appended when old is None), needle of the line, path, message fragment)
 BROKEN = [
-    ("account not hex", '"4711ab"', '"47g1"', '"47g1"', "dc09.receivers[0].account", "should match pattern"),
-    ("account too short", '"4711ab"', '"47"', 'account: "47"', "dc09.receivers[0].account", "should match"),
+    ("account not hex", '"4711ab"', '"47g1"', '"47g1"', "dc09.receivers[0].account",
+     "'47g1' is not a valid DC-09 account: 3 to 16 hex digits"),
+    ("account too short", '"4711ab"', '"47"', 'account: "47"', "dc09.receivers[0].account",
+     "'47' is not a valid DC-09 account"),
     ("no key without insecure", "      key_file: /etc/gcmk/secrets/dc09.key\n", "", "- id: meldkamer-ats",
      "dc09.receivers[0]", "give key_file (AES key as hex), or insecure: true"),
     ("key and insecure", "      key_file: /etc/gcmk/secrets/dc09.key\n",
@@ -89,7 +91,7 @@ BROKEN = [
     ("ack timeout too long", "ack_timeout: 10s", "ack_timeout: 90s", "- id: meldkamer-ats", "dc09.receivers[0]",
      "ack_timeout 90s must be shorter than supervision 60s"),
     ("unknown transport", "      port: 5000\n", "      port: 5000\n      transport: sctp\n", "transport: sctp",
-     "dc09.receivers[0].transport", "'tcp' or 'udp'"),
+     "dc09.receivers[0].transport", "unknown transport 'sctp' (one of: tcp, udp)"),
     ("unknown tenant account", '{az: "0815"}', '{ocw: "0815"}', "accounts:", "dc09.accounts.ocw",
      "unknown tenant 'ocw'"),
     ("typo in a key", "      supervision: 60s", "      supervison: 60s", "supervison", "dc09.receivers[0].supervison",
@@ -137,3 +139,9 @@ def test_the_editor_schema_knows_the_dc09_keys(tmp_path: Path) -> None:
         [sys.executable, "-m", "gateway", "schema", "site"], capture_output=True, text=True, check=True
     ).stdout
     assert "Dc09Receiver" in json.loads(printed)["$defs"]
+
+
+def test_models_and_messages_agree_on_the_dc09_hex_patterns() -> None:
+    from gateway.config import messages, models
+
+    assert set(messages._HEX_PATTERNS) == {models.DC09_ACCOUNT, models.DC09_HEX_FIELD}
