@@ -325,10 +325,18 @@ class Journal:
 
     def open(self) -> None:
         """Opens the file, creating, migrating or refusing it by its schema version (see the module's
-        docstring): JournalVersionError for a journal written by a newer release."""
+        docstring): JournalVersionError for a journal written by a newer release; JournalError naming the
+        directory when it cannot be created or used (a file in its place, no permission, a read-only file
+        system), so `run` says so in one line."""
         db: sqlite3.Connection | None = None
+        directory = self.path.parent
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # NotADirectoryError, FileExistsError, PermissionError, EROFS, ...
+            raise JournalError(f"cannot create the journal directory {directory}: {exc.strerror or exc}") from None
+        if not directory.is_dir():
+            raise JournalError(f"cannot create the journal directory {directory}: it is a file, not a directory")
+        try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             found = stored_version(db, self.path)  # before anything is written to the file
             if found is not None and found > SCHEMA_VERSION:
@@ -355,7 +363,7 @@ class Journal:
             self._versions = {str(r[0]): int(r[1]) for r in db.execute("SELECT point_id, version FROM points")}
             self._open_paths(time.time())
             self.over_bound = self._over_bound()
-        except (sqlite3.Error, JournalError) as exc:
+        except (sqlite3.Error, OSError, JournalError) as exc:
             self._db = None
             if db is not None:
                 db.close()

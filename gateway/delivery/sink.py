@@ -35,7 +35,7 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 
-from gateway.config.models import SiteConfig
+from gateway.config.models import MqttConfig, SiteConfig
 from gateway.core.events import make_event
 from gateway.core.lifecycle import RunsInBackground
 from gateway.core.ports import HealthReport, ReplayOutcome
@@ -187,6 +187,11 @@ class DeliverySink(RunsInBackground):
         """A reload applied another site file: the retained status carries its hash from now on."""
         self._config_hash = config_hash
         self.publisher.status_changed()
+
+    def renew_mqtt(self, mqtt: MqttConfig) -> None:
+        """A reload: the publisher reconnects cleanly with the TLS files and password read again (from `mqtt`'s
+        paths: only credential settings may differ from the running config's, gateway/config/diff.py)."""
+        self.publisher.renew(mqtt)
 
     def health(self) -> HealthReport:
         """For /readyz: MQTT connected and the journal writable."""
