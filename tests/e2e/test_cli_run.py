@@ -12,7 +12,7 @@ from pathlib import Path
 from ruamel.yaml import YAML
 
 from simulators.site import SiteSimulator
-from tests.support.sites import MINIMAL_SITE, minimal_site
+from tests.support.sites import MINIMAL_SITE, OPERATOR_PORT_0, minimal_site
 
 
 async def test_run_prints_events_and_exits_0_on_sigterm(tmp_path: Path) -> None:
@@ -21,7 +21,7 @@ async def test_run_prints_events_and_exits_0_on_sigterm(tmp_path: Path) -> None:
     try:
         overlay = tmp_path / "overlay.yaml"
         with overlay.open("w") as out:
-            YAML(typ="safe").dump(simulator.overlay(), out)
+            YAML(typ="safe").dump({**simulator.overlay(), **OPERATOR_PORT_0}, out)  # never a fixed port
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.cli.main", "run", "--site", str(MINIMAL_SITE), "--overlay", str(overlay),
             "--sink", "stdout",
