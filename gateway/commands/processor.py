@@ -24,6 +24,7 @@ from datetime import datetime
 
 import aiomqtt
 import structlog
+from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.commands.contract import (
     CommandDoc,
@@ -47,6 +48,7 @@ from gateway.domain.event import Event, PointRef, SourceRef, utcnow
 from gateway.domain.state import Batch
 from gateway.domain.taxonomy import TYPES, Category, EventState, EventType
 from gateway.mqtt.client import ClientFactory, CredentialsUnreadable, backoff, first_protocol, refuses_protocol
+from gateway.mqtt.session import describe
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +59,22 @@ RATE_WINDOW = 60.0
 # Put into the client's incoming queue by renew_mqtt: behind every message already received, so those are
 # handled first; then the session ends cleanly. Never a message from the broker (`$` topics are not ours).
 _RENEW = aiomqtt.Message("$gcmk/renew", b"", qos=0, retain=False, mid=0, properties=None)
+
+
+class SubscriptionRefused(Exception):
+    """The broker answered the command subscription's SUBACK with a failure (e.g. its ACL forbids the topic)."""
+
+
+def subscription_refusal(granted: tuple[int, ...] | list[ReasonCode]) -> str | None:
+    """What the SUBACK refused, in words, or None when every subscription was granted. aiomqtt returns the
+    granted QoS values (MQTT 3.1.1: 0x80 = failure) or MQTT 5 reason codes (>= 0x80 = failure)."""
+    for code in granted:
+        if isinstance(code, ReasonCode):
+            if code.is_failure:
+                return describe(code)
+        elif code >= 0x80:
+            return f"refused (return code 0x{code:02X})"
+    return None
 
 
 class CommandProcessor:
@@ -167,10 +185,15 @@ class CommandProcessor:
                 reported = None
                 async with client:
                     self._client = client
-                    self.stats.connected = True
                     self.stats.connects += 1
+                    refusal = subscription_refusal(await client.subscribe(self._topic, qos=1))
+                    if refusal is not None:
+                        raise SubscriptionRefused(f"{self._topic}: {refusal}")
+                    if self.stats.subscription_refused is not None:
+                        log.info("commands_subscription_granted", topic=self._topic)
+                    self.stats.subscription_refused = None
+                    self.stats.connected = True
                     failures = 0
-                    await client.subscribe(self._topic, qos=1)
                     self.subscribed.set()
                     log.info("commands_subscribed", topic=self._topic)
                     await self._republish()
@@ -192,6 +215,16 @@ class CommandProcessor:
                     "commands_credentials_unreadable", error=str(exc), failures=failures
                 )
                 reported = str(exc)
+            except SubscriptionRefused as exc:
+                failures += 1
+                self.stats.last_error = str(exc)
+                if self.stats.subscription_refused != str(exc):  # one error line per change, not per attempt
+                    log.error(
+                        "commands_subscription_refused",
+                        error=str(exc),
+                        detail="the broker does not let this gateway read its command topic: no command can reach it",
+                    )
+                self.stats.subscription_refused = str(exc)
             except aiomqtt.MqttError as exc:
                 if probing and self.stats.connects == 0 and refuses_protocol(exc):
                     protocol = aiomqtt.ProtocolVersion.V311  # a 3.1.1-only broker

@@ -351,6 +351,12 @@ def _command_metrics(site: str, stats: CommandStats) -> Iterator[Metric]:
     _add_histogram(latency, [site], stats.latency_buckets)
     yield from (total, refusals, failures, latency)
     yield _gauge("gcmk_commands_connected", "1 while the command subscription is up", site, float(stats.connected))
+    yield _gauge(
+        "gcmk_commands_subscription_refused",
+        "1 while the broker refuses the command subscription (SUBACK failure: its ACL?)",
+        site,
+        float(stats.subscription_refused is not None),
+    )
     yield _counter(
         "gcmk_command_retained_ignored",
         "Retained messages on the command topic, ignored (commands are never retained)",
