@@ -141,21 +141,17 @@ class GatewayApplication(Application):  # type: ignore[misc]
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def start_application(
-    local: BacnetLocal, handler: NotificationHandler, *, apdu_timeout: float, apdu_retries: int = 0
-) -> tuple[GatewayApplication, int]:
-    """Build and bind the application inside the running loop; returns it and its bound UDP port.
+def device_object_of(instance: int, model: str, apdu_timeout: float, apdu_retries: int = 0) -> DeviceObject:
+    """The device object our BACnet applications present (the gateway's, discover's, check's).
 
-    Port 0 is allowed (the OS chooses): bacpypes3 binds it, and the real port is read back from the socket.
-    """
-    # The plain (not bacpypes3.local) device object: the local one resolves every attribute through
-    # inspect.getattr_static, and the transaction layer reads six of them per request and notification.
-    device_object = DeviceObject(
-        objectIdentifier=("device", local.device_instance),
-        objectName=f"gcmk-gateway-{local.device_instance}",
+    The plain (not bacpypes3.local) device object: the local one resolves every attribute through
+    inspect.getattr_static, and the transaction layer reads six of them per request and notification."""
+    return DeviceObject(
+        objectIdentifier=("device", instance),
+        objectName=f"{model}-{instance}",
         vendorIdentifier=999,
         vendorName="GCMK",
-        modelName="gcmk-gateway",
+        modelName=model,
         systemStatus="operational",
         protocolVersion=1,
         protocolRevision=22,
@@ -166,6 +162,16 @@ async def start_application(
         apduTimeout=max(100, int(apdu_timeout * 1000)),
         numberOfApduRetries=apdu_retries,
     )
+
+
+async def start_application(
+    local: BacnetLocal, handler: NotificationHandler, *, apdu_timeout: float, apdu_retries: int = 0
+) -> tuple[GatewayApplication, int]:
+    """Build and bind the application inside the running loop; returns it and its bound UDP port.
+
+    Port 0 is allowed (the OS chooses): bacpypes3 binds it, and the real port is read back from the socket.
+    """
+    device_object = device_object_of(local.device_instance, "gcmk-gateway", apdu_timeout, apdu_retries)
     network_port = NetworkPortObject(
         f"{local.address}:{local.port}", objectIdentifier=("network-port", 1), objectName="NetworkPort-1"
     )

@@ -14,9 +14,8 @@ from typing import Any
 
 from bacpypes3.basetypes import HostNPort
 from bacpypes3.local.networkport import NetworkPortObject
-from bacpypes3.object import DeviceObject
 
-from adapters.bacnet.app import GatewayApplication
+from adapters.bacnet.app import GatewayApplication, device_object_of
 from adapters.bacnet.duplicates import RecentRequests
 
 DISCOVERY_DEVICE_INSTANCE = 4_194_301  # the discovering tool's own device id (not the gateway's default)
@@ -58,22 +57,7 @@ async def start_discovery_application(
     With `bbmd` ('host' or 'host:port') it is a foreign device that registers there for `ttl` seconds
     (renewed by bacpypes3) and sends its broadcasts through the BBMD. Returns it and its bound UDP port.
     """
-    device_object = DeviceObject(
-        objectIdentifier=("device", device_instance),
-        objectName=f"gcmk-discover-{device_instance}",
-        vendorIdentifier=999,
-        vendorName="GCMK",
-        modelName="gcmk-gateway discover",
-        systemStatus="operational",
-        protocolVersion=1,
-        protocolRevision=22,
-        maxApduLengthAccepted=1476,
-        segmentationSupported="segmented-both",
-        maxSegmentsAccepted=16,
-        apduSegmentTimeout=max(100, int(apdu_timeout * 1000)),
-        apduTimeout=max(100, int(apdu_timeout * 1000)),
-        numberOfApduRetries=0,
-    )
+    device_object = device_object_of(device_instance, "gcmk-discover", apdu_timeout)
     extra: dict[str, Any] = {}
     if bbmd is not None:
         extra = {

@@ -15,6 +15,11 @@ whole reload: the old config keeps running, the problems are logged, `gcmk_confi
    retained status carries the new hash;
 3. the adapters start and stop the added, changed and removed devices one by one; the others never stop.
 
+Every applied reload, also one of an unchanged file, then renews the MQTT sessions (publisher and command
+processor): each ends cleanly and reconnects with the TLS files and password read again, so rotating them on
+disk needs a reload, not a restart. The new credentials are read once first: if they cannot be read the
+reload is refused and the running sessions are left alone.
+
 Reloads run one at a time, in the order asked, in this component's task (supervised like the others).
 """
 
@@ -32,14 +37,16 @@ import structlog
 
 from gateway.app.service import Gateway
 from gateway.config.diff import SiteDiff, diff_sites
+from gateway.config.models import MqttConfig
 from gateway.config.source import SiteSource
 from gateway.core.events import make_event
 from gateway.core.normaliser import Step, device_key, point_key
 from gateway.core.ports import Reconfigurable
-from gateway.domain.errors import ConfigError, NotAccepted
+from gateway.domain.errors import ConfigError, NotAccepted, SiteConfigFault
 from gateway.domain.event import Event, PointRef, SourceRef, utcnow
 from gateway.domain.state import Batch
 from gateway.domain.taxonomy import EventState, EventType
+from gateway.mqtt.client import ClientFactory
 from gateway.ops.http import Action, Response
 from gateway.ops.metrics import ReloadStats, site_hash
 
@@ -54,6 +61,14 @@ class ShowsConfigHash(Protocol):
     """A sink whose status document carries the config hash (gateway.delivery.sink.DeliverySink)."""
 
     def use_config_hash(self, config_hash: str) -> None: ...
+
+
+@runtime_checkable
+class RenewsMqtt(Protocol):
+    """A component with an MQTT session (the delivery sink's publisher, the command processor): reconnects
+    cleanly with the credentials read again."""
+
+    def renew_mqtt(self, mqtt: MqttConfig) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -131,10 +146,24 @@ class Reloader:
         diff = diff_sites(gateway.site, new)
         if diff.restart:
             return await self._refused("the new site config needs a restart", diff.restart)
+        renewing = self._renewing()
+        if renewing:
+            try:
+                await asyncio.to_thread(ClientFactory(new.mqtt).check)  # reads files: off the loop
+            except ConfigError as exc:
+                return await self._refused("the MQTT credentials cannot be read", tuple(exc.problems))
         if diff.kind == "none" and loaded.hash == old_hash:
             self.stats.succeeded(old_hash, time.time())
-            log.info("config_reload_unchanged", config_hash=old_hash)
+            self._renew(renewing, new.mqtt)
+            log.info("config_reload_unchanged", config_hash=old_hash, mqtt_renewed=len(renewing))
             return ReloadOutcome(True, old_hash, "no change")
+
+        numbered = []
+        for path in gateway.paths:  # DC-09 zone numbers for new points, before any of their events is sent
+            try:
+                numbered.append((path, await path.numbers_for(new)))
+            except SiteConfigFault as exc:
+                return await self._refused("the DC-09 zone numbers of the new site config conflict", (str(exc),))
 
         now = self._clock()
         held = [*(point_key(p.id) for p in gateway.site.points), *(device_key(d.id) for d in gateway.site.devices)]
@@ -152,14 +181,26 @@ class Reloader:
         gateway.config_hash = loaded.hash
         if gateway.commands is not None:
             gateway.commands.use_site(new)
+        for path, site_numbers in numbered:
+            path.use_site(new, site_numbers)
         if isinstance(gateway.sink, ShowsConfigHash):
             gateway.sink.use_config_hash(loaded.hash)
         self.stats.succeeded(loaded.hash, time.time())
+        self._renew(renewing, new.mqtt)
         await self._restart_devices(diff)
         log.info(
             "config_reload_applied", old_hash=old_hash, config_hash=loaded.hash, kind=diff.kind, diff=diff.summary()
         )
         return ReloadOutcome(True, loaded.hash, diff.summary())
+
+    def _renewing(self) -> list[RenewsMqtt]:
+        parts = (self.gateway.sink, self.gateway.commands)
+        return [part for part in parts if isinstance(part, RenewsMqtt)]
+
+    def _renew(self, parts: list[RenewsMqtt], mqtt: MqttConfig) -> None:
+        """Each MQTT session ends cleanly and reconnects with the credentials as they are on disk now."""
+        for part in parts:
+            part.renew_mqtt(mqtt)
 
     async def _restart_devices(self, diff: SiteDiff) -> None:
         devices = (*diff.devices_added, *diff.devices_changed, *diff.devices_removed)

@@ -28,6 +28,7 @@ from gateway.core.lifecycle import start
 from gateway.core.normaliser import Normaliser
 from gateway.core.pipeline import Pipeline
 from gateway.core.ports import Adapter, DeviceMetrics, EventSink, Health, HealthReport
+from gateway.delivery.dc09_path import Dc09Path
 from gateway.delivery.stats import DeliveryStats
 from gateway.domain.errors import SiteConfigFault
 from gateway.domain.event import utcnow
@@ -155,6 +156,7 @@ class Gateway:
         supervisor: Supervisor | None = None,
         delivery: DeliveryStats | None = None,
         config_hash: str = "",
+        paths: Sequence[Dc09Path] = (),
         notifier: SystemdNotifier | None = None,
     ) -> None:
         self.site = site
@@ -165,6 +167,7 @@ class Gateway:
         self.supervisor = supervisor or Supervisor()
         self.commands = commands
         self.delivery = delivery  # the delivery sink's counters, for /metrics (None for stdout or a test sink)
+        self.paths = list(paths)  # DC-09 delivery paths beside MQTT (docs/dc09.md), on the sink's journal
         self.config_hash = config_hash  # of the site file as deployed (metric gcmk_config_info)
         self.operator: OperatorServer | None = None  # /metrics, /healthz, /readyz
         self.notifier = notifier  # systemd's notify socket (Type=notify), None when not run by systemd
@@ -212,6 +215,7 @@ class Gateway:
             adapters=[a for a in self.adapters if isinstance(a, DeviceMetrics)],
             delivery=self.delivery,
             commands=self.commands.stats if self.commands is not None else None,
+            paths=[p.stats for p in self.paths],
             reload=self.reloader.stats if self.reloader is not None else None,
         )
         registry = CollectorRegistry(auto_describe=False)
@@ -232,6 +236,7 @@ class Gateway:
                 self.supervisor.run("sink", self.sink.run, restart=False, stopping=self.stopping)
             )
             components = ["sink", "debounce-timer", "operator-http", *(a.name for a in self.adapters)]
+            components.extend(p.name for p in self.paths)
             if self.commands is not None:
                 components.append(self.commands.name)
             if self.notifier is not None:
@@ -256,6 +261,8 @@ class Gateway:
                 inputs.append(tg.create_task(self.supervisor.run(adapter.name, _bind(adapter, self.pipeline))))
             if self.commands is not None:
                 inputs.append(tg.create_task(self.supervisor.run(self.commands.name, self.commands.run)))
+            for path in self.paths:  # stopped with the inputs: the sink closes the journal they use after them
+                inputs.append(tg.create_task(self.supervisor.run(path.name, path.run, stopping=self.stopping)))
             if reloader is not None:
                 inputs.append(tg.create_task(self.supervisor.run(reloader.name, reloader.run)))
             systemd = self._systemd_supervision(tg)  # READY=1 once started; watchdog and status until the end

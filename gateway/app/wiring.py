@@ -19,6 +19,7 @@ from gateway.config.source import SiteSource
 from gateway.core.normaliser import Normaliser
 from gateway.core.ports import Adapter, EventSink, Replayer
 from gateway.core.stdout_sink import StdoutSink
+from gateway.delivery.dc09_path import Dc09Path, build_paths
 from gateway.delivery.publisher import Publisher
 from gateway.delivery.sink import DeliverySink, open_journal
 from gateway.delivery.stats import DeliveryStats
@@ -71,6 +72,7 @@ def build_gateway(
     inputs = Inputs(normaliser, supervisor, adapters)
     event_sink: EventSink
     delivery: DeliveryStats | None = None
+    paths: list[Dc09Path] = []
     if sink == "stdout":
         event_sink = StdoutSink()
     elif sink == "mqtt":
@@ -85,6 +87,7 @@ def build_gateway(
             devices=inputs.devices_online,
             inputs_ok=inputs.ok,
         )
+        paths = build_paths(site, event_sink)  # DC-09 receivers: further paths on the sink's journal
     else:
         event_sink = sink
     gateway = Gateway(
@@ -96,6 +99,7 @@ def build_gateway(
         supervisor=supervisor,
         delivery=delivery,
         config_hash=config_hash,
+        paths=paths,
         notifier=notifier,
     )
     if source is not None:

@@ -115,7 +115,19 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--scenario", type=Path, metavar="FILE", help="default: simulators/scenarios/demo.yaml")
     demo.add_argument("--workdir", type=Path, metavar="DIR", help="journals, overlays and logs (default: a temp dir)")
     demo.add_argument("--json", action="store_true", help="JSON lines instead of the console view")
+    demo.add_argument(
+        "--dc09", action="store_true", help="also send alarms over SIA DC-09 to a reference DC-09 receiver"
+    )
     demo.set_defaults(handler=_demo)
+
+    dc09 = commands.add_parser("dc09", help="SIA DC-09: the zone and area table (docs/dc09.md)")
+    dc09_commands = dc09.add_subparsers(required=True, metavar="WHAT")
+    zones = dc09_commands.add_parser("zones", help="print the site's DC-09 zone and area numbers as CSV")
+    zones.add_argument("--site", required=True, type=Path, metavar="FILE")
+    zones.add_argument(
+        "--journal", type=Path, metavar="DIR", help="the journal's directory (default: journal.data_dir of the site)"
+    )
+    zones.set_defaults(handler=_dc09_zones)
 
     receive = commands.add_parser("receive", help="the meldkamer-side reference receiver")
     receive.add_argument("--broker", required=True, metavar="URL", help="mqtt://host:port or mqtts://host:port")
@@ -260,8 +272,52 @@ def _demo(args: argparse.Namespace) -> int:
             scenario_path=args.scenario or DEFAULT_SCENARIO,
             workdir=args.workdir,
             as_json=args.json,
+            dc09=args.dc09,
         )
     )
+
+
+def _dc09_zones(args: argparse.Namespace) -> int:
+    """The zone table as the gateway uses it: assigns numbers to points and tenants seen for the first time
+    (the same rule as at run time, so the export is what the receiver will get), then prints CSV."""
+    import csv
+    import time
+
+    from gateway.delivery.dc09_path import numbers
+    from gateway.delivery.sink import open_journal
+
+    site = load_site(args.site)
+    dc09 = site.dc09
+    if dc09 is None:
+        print(f"{args.site}: no dc09: section: the site sends nothing over DC-09", file=sys.stderr)
+        return EXIT_INVALID
+    if args.journal is not None:
+        site = site.model_copy(update={"journal": site.journal.model_copy(update={"data_dir": args.journal})})
+    journal = open_journal(site)
+    try:
+        journal.open()
+        zones, areas = numbers(journal, site, time.time())
+    except SiteConfigFault as fault:
+        print(f"{args.site}: {fault}", file=sys.stderr)
+        return EXIT_USAGE
+    except JournalError as error:
+        print(f"{args.site}: journal: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    finally:
+        journal.close()
+    out = csv.writer(sys.stdout, lineterminator="\n")
+    out.writerow(["kind", "number", "id", "name", "tenant", "zone", "source", "account"])
+    accounts = dc09.accounts
+    default_account = dc09.receivers[0].account
+    for tenant in site.tenants:
+        source = "override" if tenant.dc09_area is not None else "derived"
+        account = accounts.get(tenant.id, default_account)
+        out.writerow(["area", areas[tenant.id], tenant.id, tenant.name, tenant.id, "", source, account])
+    for point in site.points:
+        source = "override" if point.dc09_zone is not None else "derived"
+        account = accounts.get(point.tenant, default_account)
+        out.writerow(["zone", zones[point.id], point.id, point.name, point.tenant, point.zone, source, account])
+    return EXIT_OK
 
 
 def _receive(args: argparse.Namespace) -> int:

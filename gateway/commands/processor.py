@@ -7,6 +7,10 @@ allowed action, validity window, rate limit) AND its acceptance is journaled and
 meldkamer's log is complete and a repeated command_id is answered from the record, even after a restart.
 Every result is an audit event (type command) through the gateway's EventSink, published like any event.
 See docs/commands.md.
+
+Each connection reads the TLS files and the password again (gateway/mqtt/client.py); `renew_mqtt` (a config
+reload) ends the session cleanly after the messages already received are handled, and connects again at once
+with what is on disk now.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from datetime import datetime
 
 import aiomqtt
 import structlog
+from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.commands.contract import (
     CommandDoc,
@@ -36,13 +41,14 @@ from gateway.commands.contract import (
 from gateway.commands.executor import RESTORE_TIMEOUT, Executor
 from gateway.commands.stats import CommandStats
 from gateway.commands.store import CommandStore, CommandStoreError, store_path
-from gateway.config.models import DOOR_ACTIONS, PointAction, PointConfig, SiteConfig
+from gateway.config.models import DOOR_ACTIONS, MqttConfig, PointAction, PointConfig, SiteConfig
 from gateway.core.events import make_event
 from gateway.core.ports import EventSink, Replayer
 from gateway.domain.event import Event, PointRef, SourceRef, utcnow
 from gateway.domain.state import Batch
 from gateway.domain.taxonomy import TYPES, Category, EventState, EventType
-from gateway.mqtt.client import ClientFactory, backoff, first_protocol, refuses_protocol
+from gateway.mqtt.client import ClientFactory, CredentialsUnreadable, backoff, first_protocol, refuses_protocol
+from gateway.mqtt.session import describe
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +56,25 @@ log = structlog.get_logger(__name__)
 DRAIN_TIMEOUT = RESTORE_TIMEOUT + 5.0
 SESSION_EXPIRY = 86400  # seconds the broker keeps our subscription (MQTT 5); expired commands are refused anyway
 RATE_WINDOW = 60.0
+# Put into the client's incoming queue by renew_mqtt: behind every message already received, so those are
+# handled first; then the session ends cleanly. Never a message from the broker (`$` topics are not ours).
+_RENEW = aiomqtt.Message("$gcmk/renew", b"", qos=0, retain=False, mid=0, properties=None)
+
+
+class SubscriptionRefused(Exception):
+    """The broker answered the command subscription's SUBACK with a failure (e.g. its ACL forbids the topic)."""
+
+
+def subscription_refusal(granted: tuple[int, ...] | list[ReasonCode]) -> str | None:
+    """What the SUBACK refused, in words, or None when every subscription was granted. aiomqtt returns the
+    granted QoS values (MQTT 3.1.1: 0x80 = failure) or MQTT 5 reason codes (>= 0x80 = failure)."""
+    for code in granted:
+        if isinstance(code, ReasonCode):
+            if code.is_failure:
+                return describe(code)
+        elif code >= 0x80:
+            return f"refused (return code 0x{code:02X})"
+    return None
 
 
 class CommandProcessor:
@@ -87,6 +112,8 @@ class CommandProcessor:
         self._tasks: asyncio.TaskGroup | None = None
         self._executions: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()  # no new commands; running pulses end their hold and restore now
+        self._renew = asyncio.Event()  # renew_mqtt was asked: end the session and connect again
+        self._inbox: asyncio.Queue[aiomqtt.Message] | None = None  # the current client's incoming queue
 
     def use_site(self, site: SiteConfig) -> None:
         """A reload changed points (names, tenants, actions): commands are checked against the new config from
@@ -94,6 +121,28 @@ class CommandProcessor:
         commands settings are the same (a change of those needs a restart: gateway/config/diff.py)."""
         self.site = site
         self._points = {p.id: p for p in site.points}
+
+    def renew_mqtt(self, mqtt: MqttConfig) -> None:
+        """A reload: end the session cleanly (messages already received are handled first) and connect again
+        at once, reading the TLS files and password again from `mqtt`'s paths (only credential settings may
+        differ: gateway/config/diff.py). Also ends a backoff wait."""
+        self._mqtt = mqtt
+        self._factory = ClientFactory(mqtt)
+        self._renew.set()
+        inbox = self._inbox
+        if inbox is not None:
+            inbox.put_nowait(_RENEW)  # the queue is unbounded (max_queued_incoming_messages 0)
+
+    def _queue_type(self) -> type[asyncio.Queue[aiomqtt.Message]]:
+        """aiomqtt's `queue_type`: its incoming queue, remembered so that renew_mqtt can put _RENEW into it."""
+        processor = self
+
+        class Inbox(asyncio.Queue[aiomqtt.Message]):
+            def __init__(self, maxsize: int = 0) -> None:
+                super().__init__(maxsize)
+                processor._inbox = self
+
+        return Inbox
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -119,30 +168,63 @@ class CommandProcessor:
         """Connect, subscribe, serve; reconnect with jittered exponential backoff."""
         failures = 0
         protocol = first_protocol(self._mqtt)
+        reported: str | None = None  # the credentials problem last logged (logged again only when it changes)
         while True:
+            self._renew.clear()
+            renewed = False
             probing = self._mqtt.protocol == "auto" and protocol == aiomqtt.ProtocolVersion.V5
-            client = self._factory.client(
-                f"{self.site.client_id}-cmd",
-                protocol,
-                session_expiry=SESSION_EXPIRY,
-                probe=probing and self.stats.connects == 0,
-                logger="gateway.commands.mqtt",
-            )
             try:
+                client = self._factory.client(
+                    f"{self.site.client_id}-cmd",
+                    protocol,
+                    session_expiry=SESSION_EXPIRY,
+                    probe=probing and self.stats.connects == 0,
+                    logger="gateway.commands.mqtt",
+                    queue_type=self._queue_type(),
+                )
+                reported = None
                 async with client:
                     self._client = client
-                    self.stats.connected = True
                     self.stats.connects += 1
+                    refusal = subscription_refusal(await client.subscribe(self._topic, qos=1))
+                    if refusal is not None:
+                        raise SubscriptionRefused(f"{self._topic}: {refusal}")
+                    if self.stats.subscription_refused is not None:
+                        log.info("commands_subscription_granted", topic=self._topic)
+                    self.stats.subscription_refused = None
+                    self.stats.connected = True
                     failures = 0
-                    await client.subscribe(self._topic, qos=1)
                     self.subscribed.set()
                     log.info("commands_subscribed", topic=self._topic)
                     await self._republish()
                     async for message in client.messages:
+                        if message is _RENEW:
+                            if self._renew.is_set():
+                                break
+                            continue  # a stale one (renewed while connecting)
                         if message.retain:
                             self._ignore_retained(str(message.topic))
                             continue
                         await self._on_message(message.payload)
+                    renewed = True
+                    log.info("commands_session_renewing", detail="a reload: reconnecting with credentials re-read")
+            except CredentialsUnreadable as exc:
+                failures += 1
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                (log.debug if str(exc) == reported else log.error)(
+                    "commands_credentials_unreadable", error=str(exc), failures=failures
+                )
+                reported = str(exc)
+            except SubscriptionRefused as exc:
+                failures += 1
+                self.stats.last_error = str(exc)
+                if self.stats.subscription_refused != str(exc):  # one error line per change, not per attempt
+                    log.error(
+                        "commands_subscription_refused",
+                        error=str(exc),
+                        detail="the broker does not let this gateway read its command topic: no command can reach it",
+                    )
+                self.stats.subscription_refused = str(exc)
             except aiomqtt.MqttError as exc:
                 if probing and self.stats.connects == 0 and refuses_protocol(exc):
                     protocol = aiomqtt.ProtocolVersion.V311  # a 3.1.1-only broker
@@ -152,9 +234,13 @@ class CommandProcessor:
                 log.warning("commands_link_down", error=self.stats.last_error, failures=failures)
             finally:
                 self._client = None
+                self._inbox = None
                 self.stats.connected = False
                 self.subscribed.clear()
-            await asyncio.sleep(backoff(failures))
+            if renewed:
+                continue
+            with contextlib.suppress(TimeoutError):  # a renew_mqtt ends the wait
+                await asyncio.wait_for(self._renew.wait(), backoff(failures))
 
     async def drain(self, within: float = DRAIN_TIMEOUT) -> None:
         """The first step of every shutdown: take no more commands, and let each running one finish or

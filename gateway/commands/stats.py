@@ -19,6 +19,7 @@ class CommandStats:
     connected: bool = False
     connects: int = 0
     last_error: str | None = None
+    subscription_refused: str | None = None  # why the broker refused the command subscription, while it does
     latency_buckets: Buckets = field(default_factory=lambda: Buckets(LATENCY_BUCKETS))  # receipt to result
     latency_recent: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
 

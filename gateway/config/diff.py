@@ -8,9 +8,13 @@ carries out what this module decided and the rules are unit-tested without a pro
   device's name: applied without touching any device.
 - *devices*: a device added, removed, or changed in how it is read (its own settings, or which points it
   reads from which source): its adapter starts and stops that device alone.
+- *credentials*: which files (or environment variable) the MQTT TLS certificate, key, CA and password come
+  from (`mqtt.tls.*`, `mqtt.password_file`, `mqtt.password_env`): applied by reconnecting (every reload ends
+  the MQTT sessions cleanly and reconnects with the credentials read again, changed paths or not).
 - *restart*: what the running process holds for its whole life (site id and time zone, MQTT identity and
-  broker, journal, delivery, supervision, metrics port, BACnet local endpoint, commands settings; the first
-  device of a protocol or the last one): refused with the reason, nothing applied.
+  broker (url, client id, username, protocol, keepalive, window), journal, delivery, supervision, metrics
+  port, BACnet local endpoint, commands settings; the first device of a protocol or the last one): refused
+  with the reason, nothing applied.
 """
 
 from __future__ import annotations
@@ -24,17 +28,23 @@ from gateway.config.models import BacnetDevice, ModbusDevice, PointConfig, SiteC
 # Sections the running process holds for its whole life, with what an installer must do instead.
 RESTART_SECTIONS: dict[str, str] = {
     "version": "the site-config format version",
-    "mqtt": "the MQTT broker and identity (url, client id, credentials, TLS files)",
     "journal": "the journal (data_dir, retention, max_bytes)",
     "delivery": "delivery (confirm, receivers, confirm_timeout)",
     "supervision": "supervision (heartbeat_interval, device_offline_after)",
     "metrics": "the operator endpoint (metrics.listen, metrics.port)",
     "bacnet": "the gateway's own BACnet/IP endpoint (bacnet.address, port, device_instance)",
     "commands": "the commands settings",
+    "dc09": "the SIA DC-09 receivers, accounts, keys and routing",
 }
+# The fields of `mqtt:` a reload applies by reconnecting (where the credentials are read from); every other one
+# is the MQTT broker and identity, held for the process's life.
+MQTT_CREDENTIAL_FIELDS = ("tls", "password_file", "password_env")
+# What a reload applies live (`mqtt` in part: its credential fields); every other section of SiteConfig needs a
+# restart, also one added later: a new section is never silently ignored by a reload.
+LIVE_SECTIONS = frozenset({"site", "tenants", "zones", "points", "devices"})
 DeviceModel = BacnetDevice | ModbusDevice
 
-Kind = Literal["none", "metadata", "devices", "restart"]
+Kind = Literal["none", "credentials", "metadata", "devices", "restart"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,7 @@ class SiteDiff:
 
     restart: tuple[str, ...] = ()  # why the new config cannot be applied without a restart; empty = it can
     metadata: tuple[str, ...] = ()  # one line per metadata change, in an installer's words
+    credentials: tuple[str, ...] = ()  # the mqtt credential settings that changed (applied by reconnecting)
     points_added: tuple[str, ...] = ()
     points_removed: tuple[str, ...] = ()  # gone from the config: a final event if in alarm
     points_replaced: tuple[str, ...] = ()  # same id, another kind (state <-> momentary): removed, then added
@@ -59,6 +70,8 @@ class SiteDiff:
             return "devices"
         if self.metadata or self.points_added or self.points_removed or self.points_replaced or self.points_changed:
             return "metadata"
+        if self.credentials:
+            return "credentials"
         return "none"
 
     @property
@@ -83,6 +96,8 @@ class SiteDiff:
         if self.metadata:
             shown = "; ".join(self.metadata[:5]) + ("; ..." if len(self.metadata) > 5 else "")
             text.append(f"{len(self.metadata)} metadata change(s): {shown}")
+        if self.credentials:
+            text.append(f"MQTT credentials from other files ({', '.join(self.credentials)}): reconnected")
         return ", ".join(text) or "no change"
 
 
@@ -134,6 +149,7 @@ def diff_sites(old: SiteConfig, new: SiteConfig) -> SiteDiff:
     return SiteDiff(
         restart=tuple(restart),
         metadata=tuple(metadata),
+        credentials=tuple(_credential_changes(old, new)),
         points_added=tuple(added),
         points_removed=tuple(removed),
         points_replaced=tuple(replaced),
@@ -150,10 +166,28 @@ def _restart_reasons(old: SiteConfig, new: SiteConfig) -> list[str]:
         reasons.append(f"site.id '{old.site.id}' -> '{new.site.id}' (another building: another gateway)")
     if old.site.timezone != new.site.timezone:
         reasons.append("site.timezone changed (the BACnet sessions convert device clocks with it)")
-    for section, what in RESTART_SECTIONS.items():
-        if getattr(old, section) != getattr(new, section):
-            reasons.append(f"{section}: {what} changed")
+    identity = [name for name in type(old.mqtt).model_fields if name not in MQTT_CREDENTIAL_FIELDS]
+    changed = [name for name in identity if getattr(old.mqtt, name) != getattr(new.mqtt, name)]
+    if changed:
+        fields = ", ".join(f"mqtt.{name}" for name in changed)
+        reasons.append(f"mqtt: the MQTT broker and identity changed ({fields})")
+    for section in type(old).model_fields:
+        if section in LIVE_SECTIONS or section == "mqtt" or getattr(old, section) == getattr(new, section):
+            continue
+        reasons.append(f"{section}: {RESTART_SECTIONS.get(section, f'the {section} section')} changed")
     return [f"{reason}: restart the gateway to apply it" for reason in reasons]
+
+
+def _credential_changes(old: SiteConfig, new: SiteConfig) -> list[str]:
+    """`mqtt.tls.ca_file`, `mqtt.password_file`, ...: where a credential is read from, changed."""
+    changes: list[str] = []
+    for name in type(old.mqtt.tls).model_fields:
+        if getattr(old.mqtt.tls, name) != getattr(new.mqtt.tls, name):
+            changes.append(f"mqtt.tls.{name}")
+    for name in ("password_file", "password_env"):
+        if getattr(old.mqtt, name) != getattr(new.mqtt, name):
+            changes.append(f"mqtt.{name}")
+    return changes
 
 
 def _keyed_changes(what: str, old: dict[str, object], new: dict[str, object]) -> Iterable[str]:

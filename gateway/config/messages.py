@@ -64,6 +64,12 @@ _NAMED: dict[tuple[str, str], str] = {
     ("DeliveryConfig", "confirm"): "confirmation mode",
     ("SiteConfig", "version"): "site-config format version",
 }
+# DC-09's hex fields, by their pattern (gateway/config/models.py DC09_ACCOUNT, DC09_HEX_FIELD): an account also
+# appears as a value of dc09.accounts, where the error's field is the tenant id.
+_HEX_PATTERNS = {
+    r"^[0-9A-Fa-f]{3,16}$": "DC-09 account: 3 to 16 hex digits (0-9, A-F), as the receiving centre assigned it",
+    r"^[0-9A-Fa-f]{1,6}$": "DC-09 receiver or prefix number: 1 to 6 hex digits (0-9, A-F)",
+}
 _DURATIONS = re.compile(r"interval|timeout|lifetime|after|retention|debounce|delay|pulse|ttl|skew|keepalive")
 
 
@@ -98,6 +104,9 @@ def explain(kind: str, ctx: dict[str, Any], value: Any, model: str, field: str, 
     if kind == "string_too_short":
         return f"{field or 'this'} must not be empty"
     if kind == "string_pattern_mismatch":
+        hex_rule = _HEX_PATTERNS.get(str(ctx.get("pattern", "")))
+        if hex_rule is not None:
+            return f"'{value}' is not a valid {hex_rule}"
         if field == "property":
             return f"'{value}' is not a BACnet property identifier: write it in lower case with hyphens (present-value)"
         return f"'{value}' is not a valid {noun if noun != 'value' else 'id'}: {IDENTIFIER_RULE}"

@@ -23,7 +23,7 @@ from gateway.config import addresses
 from gateway.config import bacnet_tables as bt
 from gateway.config.suggest import closest, did_you_mean
 from gateway.config.types import Duration, Identifier
-from gateway.domain.taxonomy import TYPES, Category, EventType
+from gateway.domain.taxonomy import GATEWAY_RAISED, TYPES, Category, EventState, EventType
 from gateway.domain.values import RawValue
 
 Loc = tuple[str | int, ...]
@@ -80,6 +80,12 @@ class Tenant(Strict):
     id: Identifier
     name: str = Field(min_length=1, description="ministry, e.g. 'Justitie en Veiligheid'")
     temporary: bool = Field(False, description="tenant housed here temporarily (in- en uithuizing)")
+    dc09_area: int | None = Field(
+        None,
+        ge=1,
+        le=99,
+        description="SIA DC-09 area / partition number of this tenant (default: derived, see docs/dc09.md)",
+    )
 
 
 class Zone(Strict):
@@ -528,6 +534,13 @@ class PointConfig(Strict):
     actions: list[PointAction] = Field(
         default_factory=list, description="commands the meldkamer may send for this point (docs/commands.md)"
     )
+    dc09_zone: int | None = Field(
+        None,
+        ge=1,
+        le=9999,
+        description="SIA DC-09 zone number of this point, unique per site (1-999 with format adm-cid); default:"
+        " derived and kept in the journal's zone table (docs/dc09.md)",
+    )
 
     @model_validator(mode="after")
     def _actions_fit(self) -> PointConfig:
@@ -590,6 +603,91 @@ class CommandsConfig(Strict):
     max_concurrent: int = Field(4, ge=1, le=64, description="commands executing at once")
 
 
+# --- SIA DC-09: a second, standard path to an alarm receiving centre (docs/dc09.md) -------------------------
+
+DC09_ACCOUNT = r"^[0-9A-Fa-f]{3,16}$"
+DC09_HEX_FIELD = r"^[0-9A-Fa-f]{1,6}$"
+CONTACT_ID_MAX_ZONE = 999
+
+
+class Dc09Receiver(Strict):
+    """One alarm receiving centre's DC-09 receiver: one connection, one account per site (or per tenant)."""
+
+    id: Identifier = Field(description="names the path in the journal, the metrics and path_fault events")
+    host: str = Field(min_length=1, description="host name or IP address of the receiver")
+    port: int = Field(ge=1, le=65535)
+    transport: Literal["tcp", "udp"] = "tcp"
+    account: Annotated[str, Field(pattern=DC09_ACCOUNT)] = Field(
+        description="the site's account at this receiver: 3-16 hex digits (dc09.accounts overrides it per tenant)"
+    )
+    receiver: Annotated[str, Field(pattern=DC09_HEX_FIELD)] | None = Field(
+        None, description="receiver number (the frame's R field, 1-6 hex digits); none = no R field"
+    )
+    prefix: Annotated[str, Field(pattern=DC09_HEX_FIELD)] = Field(
+        "0", description="account prefix (the frame's L field, 1-6 hex digits)"
+    )
+    key_file: Path | None = Field(
+        None, description="file holding the AES key as hex (32, 48 or 64 digits: AES-128/192/256)"
+    )
+    insecure: bool = Field(False, description="allow unencrypted messages (no key_file); shown in a metric")
+    supervision: Duration = Field(60.0, gt=0, description="NULL message interval; also the path-fault delay")
+    ack_timeout: Duration = Field(10.0, gt=0, description="how long to wait for ACK/NAK/DUH before a retry")
+
+    @field_validator("account")
+    @classmethod
+    def _upper_account(cls, account: str) -> str:
+        return account.upper()
+
+    @model_validator(mode="after")
+    def _key_unless_insecure(self) -> Dc09Receiver:
+        if self.key_file is None and not self.insecure:
+            raise ValueError("give key_file (AES key as hex), or insecure: true for unencrypted messages")
+        if self.key_file is not None and self.insecure:
+            raise ValueError("insecure: true contradicts a key_file; remove one of them")
+        if self.ack_timeout >= self.supervision:
+            raise ValueError(
+                f"ack_timeout {self.ack_timeout:g}s must be shorter than supervision {self.supervision:g}s"
+            )
+        return self
+
+
+class Dc09Routing(Strict):
+    """Which events go over DC-09. An event goes when its category, state and priority all match."""
+
+    categories: list[Category] | None = Field(None, description="default: every category")
+    states: list[EventState] = Field(
+        default_factory=lambda: [EventState.ALARM, EventState.RESTORE],
+        min_length=1,
+        description="default: alarm and restore (info events, e.g. access granted and command audit, stay on MQTT)",
+    )
+    max_priority: int = Field(5, ge=1, le=5, description="only events of this priority or more urgent (1 = most)")
+
+    def routes(self, category: str, state: str, priority: int) -> bool:
+        if self.categories is not None and category not in self.categories:
+            return False
+        return state in self.states and priority <= self.max_priority
+
+
+class Dc09Config(Strict):
+    format: Literal["sia-dcs", "adm-cid"] = Field(
+        "sia-dcs", description="sia-dcs (SIA DC-03 codes; carries the user of access events) or adm-cid (Contact ID)"
+    )
+    receivers: list[Dc09Receiver] = Field(min_length=1)
+    accounts: dict[Identifier, Annotated[str, Field(pattern=DC09_ACCOUNT)]] = Field(
+        default_factory=dict, description="per-tenant accounts (tenant id -> 3-16 hex digits), for every receiver"
+    )
+    routing: Dc09Routing = Dc09Routing()
+
+    @field_validator("accounts")
+    @classmethod
+    def _upper_accounts(cls, accounts: dict[str, str]) -> dict[str, str]:
+        return {tenant: account.upper() for tenant, account in accounts.items()}
+
+    @property
+    def max_zone(self) -> int:
+        return CONTACT_ID_MAX_ZONE if self.format == "adm-cid" else 9999
+
+
 class SiteConfig(Strict):
     version: Literal[1] = Field(description="site-config format version")
     site: SiteInfo
@@ -602,6 +700,7 @@ class SiteConfig(Strict):
     bacnet: BacnetLocal | None = Field(None, description="required when the site has BACnet devices")
     metrics: MetricsConfig = MetricsConfig()
     commands: CommandsConfig = CommandsConfig()
+    dc09: Dc09Config | None = Field(None, description="SIA DC-09 receivers: a second path (docs/dc09.md)")
     devices: list[Device] = Field(min_length=1)
     points: list[PointConfig] = Field(min_length=1)
 
@@ -708,6 +807,33 @@ def cross_check(cfg: SiteConfig) -> list[tuple[Loc, str]]:
             )
     problems.extend(_modbus_address_clashes(cfg))
     problems.extend(_action_target_clashes(cfg))
+    problems.extend(_dc09_problems(cfg))
+    problems.extend(_gateway_raised_types(cfg))
+    return problems
+
+
+def _gateway_raised_types(cfg: SiteConfig) -> list[tuple[Loc, str]]:
+    """A point mapped to an event type only the gateway raises (journal_fault, point_unavailable, ...)."""
+    problems: list[tuple[Loc, str]] = []
+
+    def refuse(loc: Loc, event_type: EventType) -> None:
+        problems.append(
+            (
+                loc,
+                f"'{event_type.value}' is raised by the gateway itself, not by a device point: choose the event "
+                "type the device's signal means (e.g. fault, tamper, burglary)",
+            )
+        )
+
+    for index, point in enumerate(cfg.points):
+        if point.type in GATEWAY_RAISED:
+            refuse(("points", index, "type"), point.type)
+        for other in point.other_alarms:
+            if other in GATEWAY_RAISED:
+                refuse(("points", index, "other_alarms", other.value), other)
+        for e_index, event in enumerate(point.events):
+            if event.type in GATEWAY_RAISED:
+                refuse(("points", index, "events", e_index, "type"), event.type)
     return problems
 
 
@@ -756,4 +882,60 @@ def _action_target_clashes(cfg: SiteConfig) -> list[tuple[Loc, str]]:
                         f"which point '{others[0]}' reads: a command would change that point's state",
                     )
                 )
+    return problems
+
+
+def _dc09_problems(cfg: SiteConfig) -> list[tuple[Loc, str]]:
+    """DC-09 numbers unique per site and within the format's range; receivers and accounts that exist."""
+    problems: list[tuple[Loc, str]] = []
+    dc09 = cfg.dc09
+    zones: dict[int, str] = {}
+    for index, point in enumerate(cfg.points):
+        if point.dc09_zone is None:
+            continue
+        if point.dc09_zone in zones:
+            problems.append(
+                (
+                    ("points", index, "dc09_zone"),
+                    f"dc09_zone {point.dc09_zone} is already the zone of point '{zones[point.dc09_zone]}'",
+                )
+            )
+        zones.setdefault(point.dc09_zone, point.id)
+        if dc09 is not None and point.dc09_zone > dc09.max_zone:
+            problems.append(
+                (("points", index, "dc09_zone"), f"dc09_zone {point.dc09_zone}: Contact ID (adm-cid) zones are 1-999")
+            )
+    areas: dict[int, str] = {}
+    for index, tenant in enumerate(cfg.tenants):
+        if tenant.dc09_area is None:
+            continue
+        if tenant.dc09_area in areas:
+            problems.append(
+                (
+                    ("tenants", index, "dc09_area"),
+                    f"dc09_area {tenant.dc09_area} is already the area of tenant '{areas[tenant.dc09_area]}'",
+                )
+            )
+        areas.setdefault(tenant.dc09_area, tenant.id)
+    if dc09 is None:
+        return problems
+    for index, key in _duplicates(dc09.receivers, "id"):
+        problems.append((("dc09", "receivers", index, "id"), f"duplicate receiver id '{key}' in dc09.receivers"))
+    endpoints: dict[tuple[str, int, str], str] = {}
+    for index, receiver in enumerate(dc09.receivers):
+        endpoint = (receiver.host, receiver.port, receiver.transport)
+        if endpoint in endpoints:
+            problems.append(
+                (
+                    ("dc09", "receivers", index, "port"),
+                    f"receivers '{endpoints[endpoint]}' and '{receiver.id}' share {receiver.host}:{receiver.port}",
+                )
+            )
+        endpoints.setdefault(endpoint, receiver.id)
+    tenant_ids = {t.id for t in cfg.tenants}
+    for tenant_id in dc09.accounts:
+        if tenant_id not in tenant_ids:
+            problems.append(
+                (("dc09", "accounts", tenant_id), f"unknown tenant '{tenant_id}' (the keys are tenant ids)")
+            )
     return problems

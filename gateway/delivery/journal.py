@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,7 +39,7 @@ log = structlog.get_logger(__name__)
 
 # The version of the file's tables. Any change to them raises it by one, with a step in MIGRATIONS (below)
 # that brings a journal from the previous version to this one, and _SCHEMA describing the new version.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 PRUNE_CHUNK = 100  # rows per DELETE: one chunk holds the journal thread a few milliseconds (bench/bench_prune.py)
 # The disk bound is measured (one SQLite call) only when an over-estimate of the growth since the last
 # measurement could have crossed it, and at least every MEASURE_EVERY commits.
@@ -87,7 +88,29 @@ CREATE INDEX IF NOT EXISTS events_unconfirmed ON events(published_at)
 CREATE TABLE IF NOT EXISTS confirmations (receiver TEXT PRIMARY KEY, up_to_seq INTEGER NOT NULL, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS confirmed_seqs (receiver TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (receiver, seq));
 """
-_SCHEMA = _SCHEMA_1 + _V2_CHANGES  # the tables of SCHEMA_VERSION
+# Version 3: delivery per path (SIA DC-09 receivers beside the MQTT path, docs/dc09.md). The MQTT path keeps its
+# columns (`delivered_at` = confirmed on MQTT); each further path has a cursor (every seq up to it was handled:
+# ACKed, DUH'd, or not routed to it) and one outcome row per event it sent. An event may be pruned only when
+# it is delivered on MQTT and every configured path's cursor has passed it. `dc09_numbers` is the site's zone
+# and area table: numbers assigned when first seen, never deleted, so never given to another point.
+_V3_CHANGES = """
+CREATE TABLE IF NOT EXISTS paths (
+    path TEXT PRIMARY KEY,
+    up_to_seq INTEGER NOT NULL,
+    at REAL NOT NULL,
+    acked INTEGER NOT NULL DEFAULT 0,
+    duh INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS path_outcomes (
+    seq INTEGER NOT NULL, path TEXT NOT NULL, outcome TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (seq, path)
+);
+CREATE TABLE IF NOT EXISTS dc09_numbers (
+    kind TEXT NOT NULL, key TEXT NOT NULL, number INTEGER NOT NULL, assigned_at REAL NOT NULL,
+    PRIMARY KEY (kind, key), UNIQUE (kind, number)
+);
+"""
+_SCHEMA = _SCHEMA_1 + _V2_CHANGES + _V3_CHANGES  # the tables of SCHEMA_VERSION
+NO_PATH_FLOOR = 1 << 62  # the path floor when MQTT is the only path (SQLite integers are 64-bit)
 MAX_REPUBLISH_FACTOR = 32  # the confirm timeout doubles per publication of an event, up to this factor
 
 
@@ -145,9 +168,16 @@ def _1_to_2(db: sqlite3.Connection) -> None:
     db.execute("UPDATE events SET published_at = delivered_at, publishes = 1 WHERE delivered_at IS NOT NULL")
 
 
+def _2_to_3(db: sqlite3.Connection) -> None:
+    """2 -> 3: delivery per path. No path but MQTT existed: nothing to convert; a path configured later starts
+    at the journal's last seq then (see `Journal.open`)."""
+    for statement in _statements(_V3_CHANGES):
+        db.execute(statement)
+
+
 # MIGRATIONS[n] brings a journal from schema version n to n + 1 (inside a transaction of `migrate`, which
 # records the new version in the same transaction; a step must not COMMIT).
-MIGRATIONS: tuple[Migration, ...] = (_unversioned_to_1, _1_to_2)
+MIGRATIONS: tuple[Migration, ...] = (_unversioned_to_1, _1_to_2, _2_to_3)
 assert len(MIGRATIONS) == SCHEMA_VERSION, "one migration step per schema version"
 
 
@@ -247,11 +277,34 @@ def sheddable(event: Event) -> bool:
     )
 
 
-class Journal:
-    """SQLite journal of one site. Not thread-safe: use it from one thread only."""
+class NumberConflict(JournalError):
+    """The site config's DC-09 numbers cannot be reconciled with the journal's zone table (an override that
+    another point already holds, or the numbering range exhausted): a config problem, raised before sending."""
 
-    def __init__(self, path: Path, *, site: str, max_bytes: int, retention: float) -> None:
+    def __init__(self, config_path: str, problem: str) -> None:
+        super().__init__(f"{config_path}: {problem}")
+        self.config_path = config_path
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class PathMark:
+    """Progress of one path: every seq up to `up_to_seq` is handled; `outcomes` are the events it sent."""
+
+    up_to_seq: int
+    outcomes: Sequence[tuple[int, str]] = ()  # (seq, "acked" | "duh")
+
+
+class Journal:
+    """SQLite journal of one site. Not thread-safe: use it from one thread only. `paths` are the delivery
+    paths besides MQTT (e.g. `dc09:meldkamer-ats`) that must each pass an event before it may be pruned."""
+
+    def __init__(
+        self, path: Path, *, site: str, max_bytes: int, retention: float, paths: Sequence[str] = ()
+    ) -> None:
         self.path = Path(path)
+        self.paths = tuple(paths)
+        self.path_floor = NO_PATH_FLOOR  # every configured path has handled every seq up to this one
         self.site = site
         self.max_bytes = max_bytes
         self.retention = retention
@@ -272,10 +325,18 @@ class Journal:
 
     def open(self) -> None:
         """Opens the file, creating, migrating or refusing it by its schema version (see the module's
-        docstring): JournalVersionError for a journal written by a newer release."""
+        docstring): JournalVersionError for a journal written by a newer release; JournalError naming the
+        directory when it cannot be created or used (a file in its place, no permission, a read-only file
+        system), so `run` says so in one line."""
         db: sqlite3.Connection | None = None
+        directory = self.path.parent
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # NotADirectoryError, FileExistsError, PermissionError, EROFS, ...
+            raise JournalError(f"cannot create the journal directory {directory}: {exc.strerror or exc}") from None
+        if not directory.is_dir():
+            raise JournalError(f"cannot create the journal directory {directory}: it is a file, not a directory")
+        try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             found = stored_version(db, self.path)  # before anything is written to the file
             if found is not None and found > SCHEMA_VERSION:
@@ -300,14 +361,36 @@ class Journal:
             self.shedding = self._meta("shedding", "0") == "1"
             self.depth = int(db.execute("SELECT COUNT(*) FROM events WHERE delivered_at IS NULL").fetchone()[0])
             self._versions = {str(r[0]): int(r[1]) for r in db.execute("SELECT point_id, version FROM points")}
+            self._open_paths(time.time())
             self.over_bound = self._over_bound()
-        except (sqlite3.Error, JournalError) as exc:
+        except (sqlite3.Error, OSError, JournalError) as exc:
             self._db = None
             if db is not None:
                 db.close()
             if isinstance(exc, JournalError):
                 raise
             raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+
+    def _open_paths(self, now: float) -> None:
+        """A configured path seen for the first time starts at the last seq: it carries what comes from now
+        on, not the history the MQTT path already delivered."""
+        if self.paths:
+            _insert_many(
+                self.db,
+                "INSERT OR IGNORE INTO paths (path, up_to_seq, at) VALUES",
+                [[path, self.last_seq, now] for path in self.paths],
+            )
+        self._refresh_path_floor()
+
+    def _refresh_path_floor(self) -> None:
+        if not self.paths:
+            self.path_floor = NO_PATH_FLOOR  # no path besides MQTT: never holds anything back
+            return
+        row = self.db.execute(
+            "SELECT MIN(up_to_seq) FROM paths WHERE path IN (SELECT value FROM json_each(?))",
+            (json.dumps(self.paths),),
+        ).fetchone()
+        self.path_floor = int(row[0]) if row and row[0] is not None else 0
 
     def close(self) -> None:
         if self._db is not None:
@@ -677,9 +760,10 @@ class Journal:
                 self._keep_last_seq()
                 cursor = self.db.execute(
                     "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE delivered_at IS NOT NULL"
-                    " ORDER BY seq LIMIT ?)",
-                    (PRUNE_CHUNK,),
+                    " AND seq <= ? ORDER BY seq LIMIT ?)",
+                    (self.path_floor, PRUNE_CHUNK),
                 )
+                self._prune_outcomes()
             if cursor.rowcount == 0:
                 return True
             self._used = self.used_bytes()
@@ -702,12 +786,126 @@ class Journal:
             self._keep_last_seq()
             cursor = self.db.execute(
                 "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE delivered_at IS NOT NULL"
-                " AND delivered_at < ? ORDER BY delivered_at LIMIT ?)",
-                (cutoff, chunk),
+                " AND delivered_at < ? AND seq <= ? ORDER BY delivered_at LIMIT ?)",
+                (cutoff, self.path_floor, chunk),
             )
+            if cursor.rowcount:
+                self._prune_outcomes()
         if cursor.rowcount:  # the WAL pages of the delete are checkpointed here, not by the next alarm's commit
             self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         return cursor.rowcount
+
+    def _prune_outcomes(self) -> None:
+        """Outcome rows go with their events (inside the pruning transaction)."""
+        self.db.execute(
+            "DELETE FROM path_outcomes WHERE seq < IFNULL((SELECT MIN(seq) FROM events),"
+            " (SELECT MAX(up_to_seq) + 1 FROM paths))"
+        )
+
+    # --- delivery paths besides MQTT (SIA DC-09) ---------------------------------------------------------
+
+    def path_cursor(self, path: str) -> int:
+        """Every seq up to this one is handled by `path` (a configured path; see `_open_paths`)."""
+        row = self.db.execute("SELECT up_to_seq FROM paths WHERE path = ?", (path,)).fetchone()
+        if row is None:
+            raise JournalError(f"journal {self.path}: no delivery path {path!r} (not configured when opened)")
+        return int(row[0])
+
+    def mark_path(self, path: str, mark: PathMark, now: float) -> None:
+        """Records a path's progress durably, in one transaction: its cursor (never moving back) and the
+        outcome of each event it sent."""
+        acked = sum(1 for _seq, outcome in mark.outcomes if outcome == "acked")
+        with self._transaction():
+            self.db.execute(
+                "UPDATE paths SET up_to_seq = MAX(up_to_seq, ?), at = ?, acked = acked + ?, duh = duh + ?"
+                " WHERE path = ?",
+                (mark.up_to_seq, now, acked, len(mark.outcomes) - acked, path),
+            )
+            if mark.outcomes:
+                _insert_many(
+                    self.db,
+                    "INSERT OR REPLACE INTO path_outcomes (seq, path, outcome, at) VALUES",
+                    [[seq, path, outcome, now] for seq, outcome in mark.outcomes],
+                )
+        self._refresh_path_floor()
+        if self.over_bound:  # events passed by every path can now make room
+            self.over_bound = self._over_bound()
+
+    def path_fault_active(self, path: str) -> bool:
+        """A path_fault alarm of `path` was journaled and its restore not yet (survives restarts)."""
+        return self._meta(f"path_fault:{path}", "0") == "1"
+
+    def set_path_fault(self, path: str, active: bool) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"path_fault:{path}", "1" if active else "0"))
+
+    def path_outcomes(self, path: str, from_seq: int = 1) -> list[tuple[int, str]]:
+        """(seq, outcome) of the events `path` sent, from `from_seq` on (audit, tests)."""
+        rows = self.db.execute(
+            "SELECT seq, outcome FROM path_outcomes WHERE path = ? AND seq >= ? ORDER BY seq", (path, from_seq)
+        )
+        return [(int(r[0]), str(r[1])) for r in rows]
+
+    def path_backlog(self, path: str, where: str, params: Sequence[object]) -> tuple[int, float | None]:
+        """Events beyond the path's cursor that its route (`where`: an SQL condition on the events table)
+        selects: how many, and when the oldest was journaled."""
+        row = self.db.execute(
+            f"SELECT COUNT(*), MIN(journaled_at) FROM events WHERE seq > (SELECT up_to_seq FROM paths"
+            f" WHERE path = ?) AND ({where})",
+            (path, *params),
+        ).fetchone()
+        return int(row[0]), (None if row[1] is None else float(row[1]))
+
+    # --- the DC-09 zone and area table -------------------------------------------------------------------
+
+    def dc09_numbers(self, kind: str) -> dict[str, int]:
+        """The stored (derived) numbers of `kind` ("zone": point ids, "area": tenant ids)."""
+        rows = self.db.execute("SELECT key, number FROM dc09_numbers WHERE kind = ?", (kind,))
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def assign_dc09_numbers(
+        self, kind: str, keys: Sequence[tuple[str, int | None, str]], limit: int, now: float
+    ) -> dict[str, int]:
+        """The effective number of each key: its override when the config gives one, else the number stored
+        for it, else a new one: the lowest number from 1 that is neither stored (rows are never deleted, so a
+        number is never given to a second key) nor an override of the config. `keys`: (key, override, the
+        config path of the override). Raises NumberConflict when an override is another configured key's
+        stored number, or `limit` is exceeded."""
+        with self._transaction():
+            stored = self.dc09_numbers(kind)
+            holder = {number: key for key, number in stored.items()}
+            overrides = {key: (number, where) for key, number, where in keys if number is not None}
+            derived_in_use = {key for key, number, _where in keys if number is None}
+            for key, (number, where) in overrides.items():
+                other = holder.get(number)
+                if other is not None and other != key and other in derived_in_use:
+                    raise NumberConflict(
+                        where,
+                        f"{kind} number {number} is already {other!r}'s in the journal's {kind} table (gcmk-gateway"
+                        f" dc09 zones): give {other!r} an override too, or choose a free number",
+                    )
+            taken = set(holder) | {number for number, _where in overrides.values()}
+            result: dict[str, int] = {}
+            new_rows: list[list[object]] = []
+            candidate = 1
+            for key, override, _where in keys:
+                if override is not None:
+                    result[key] = override
+                    continue
+                if key in stored:
+                    result[key] = stored[key]
+                    continue
+                while candidate in taken:
+                    candidate += 1
+                if candidate > limit:
+                    raise NumberConflict(
+                        f"dc09 {kind}s", f"no free {kind} number up to {limit} for {key!r} (the table never reuses one)"
+                    )
+                taken.add(candidate)
+                result[key] = candidate
+                new_rows.append([kind, key, candidate, now])
+            if new_rows:
+                _insert_many(self.db, "INSERT INTO dc09_numbers (kind, key, number, assigned_at) VALUES", new_rows)
+        return result
 
     # --- helpers -----------------------------------------------------------------------------------------
 

@@ -19,6 +19,13 @@ PUBACK cannot refuse: Mosquitto acknowledges a publish its ACL denies and closes
 3.1.1 a connection the broker closes within RIGHT_AFTER of a PUBACK, in a session younger than STABLE_SESSION,
 counts as a refusal of that publish ("not authorised to publish on <topic>?"), and only a session that lasted
 STABLE_SESSION ends the refusal (a 3.1.1 PUBACK proves nothing).
+
+Credentials: every session reads the TLS files and the password again (gateway/mqtt/client.py); one that
+cannot be read is counted as a connect error, logged once per change, and retried with backoff. `renew()` (a
+config reload) ends the current session cleanly so the next one uses what is on disk now: the pump stops
+taking from the outbox, the PUBACKs of what is in flight are awaited (bounded by RENEW_SETTLE), then
+DISCONNECT (the broker discards the will; no `offline` is published) and a new session at once. What is still
+unacknowledged then is re-sent by the outbox on the new session, as after any session end (QoS 1).
 """
 
 from __future__ import annotations
@@ -35,12 +42,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.config.models import SiteConfig
+from gateway.config.models import MqttConfig, SiteConfig
 from gateway.delivery.contract import CONTENT_TYPE, HeartbeatDoc, StatusDoc, heartbeat_topic, status_topic
 from gateway.delivery.outbox import Outbox, Outgoing
 from gateway.delivery.stats import DeliveryStats
 from gateway.domain.errors import DeliveryError
-from gateway.mqtt.client import ClientFactory, backoff
+from gateway.mqtt.client import ClientFactory, CredentialsUnreadable, backoff
 from gateway.mqtt.session import (
     ConnectDropped,
     ConnectRefused,
@@ -60,6 +67,7 @@ log = structlog.get_logger(__name__)
 SESSION_EXPIRY = 7 * 86400  # seconds the broker keeps our session (MQTT 5)
 RESERVED_INFLIGHT = 2  # the status and heartbeat publishes, outside the event window, within Receive Maximum
 STABLE_SESSION = 10.0  # seconds a session must last for the backoff to start again from its minimum
+RENEW_SETTLE = 2.0  # seconds a renewal waits for the PUBACKs of what is in flight before it disconnects
 # A DISCONNECT (MQTT 5) with one of these reasons, while a publish awaits its PUBACK, refuses that publish.
 _REFUSING_DISCONNECTS = frozenset({0x80, 0x83, 0x87, 0x90, 0x93, 0x95, 0x97, 0x99})
 
@@ -125,6 +133,8 @@ class Publisher:
         self._factory = ClientFactory.of(site.mqtt)
         self._protocol: str | None = None if self._mqtt.protocol == "auto" else self._mqtt.protocol
         self._stop = asyncio.Event()
+        self._renew = asyncio.Event()  # end the session cleanly and start a new one (credentials re-read)
+        self._wake = asyncio.Event()  # stop or renew: ends the session's wait and the backoff
         self._status_changed = asyncio.Event()  # the retained status must be published again (a reload)
         self.session: Session[Outgoing] | None = None  # the current session (tests inspect it)
         self._window = _Window(0)
@@ -150,6 +160,17 @@ class Publisher:
         """Ask the running loop to drain for up to `grace` seconds, publish `offline` and disconnect."""
         self._grace = grace
         self._stop.set()
+        self._wake.set()
+
+    def renew(self, mqtt: MqttConfig | None = None) -> None:
+        """A reload: end the current session cleanly and connect again at once, reading the TLS files and the
+        password again (from `mqtt`'s paths when given: only credential settings may differ, see
+        gateway/config/diff.py). Also ends a backoff wait."""
+        if mqtt is not None:
+            self._mqtt = mqtt
+            self._factory = ClientFactory(mqtt)
+        self._renew.set()
+        self._wake.set()
 
     # --- the connection loop -----------------------------------------------------------------------------
 
@@ -158,18 +179,22 @@ class Publisher:
         loop = asyncio.get_running_loop()
         failures = 0
         while not self._stop.is_set():
+            self._wake.clear()  # a renew asked before this point is served by this session's fresh credentials
+            self._renew.clear()
             probing = self._protocol is None and self._stats.connects == 0
-            session = self._session(v5=self._protocol != "3.1.1", probing=probing)
+            session: Session[Outgoing] | None = None
             began: float | None = None
             error: BaseException | None = None
             try:
+                session = self._session(v5=self._protocol != "3.1.1", probing=probing)
                 await self._connect(session)
                 began = loop.time()
                 await self._serve(session)
             except* DeliveryError as group:
                 error = _first(group)
             finally:
-                session.abort()
+                if session is not None:
+                    session.abort()
                 self._disconnected()
             if error is not None:
                 if probing and _refuses_v5(error):
@@ -182,24 +207,31 @@ class Publisher:
                 self._failed(error)
             if self._stop.is_set():
                 break
+            if error is None and self._renew.is_set():
+                continue  # renewed: connect again at once
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), backoff(failures))
+                await asyncio.wait_for(self._wake.wait(), backoff(failures))
 
     def _session(self, *, v5: bool, probing: bool) -> Session[Outgoing]:
+        """A new session with the credentials as they are on disk now (CredentialsUnreadable: counted)."""
         will = self._offline("connection lost")
-        options = SessionOptions.of(
-            self._factory,
-            self._site.client_id,
-            v5=v5,
-            probe=probing,
-            session_expiry=SESSION_EXPIRY,
-            will=Will(
-                self._status_topic,
-                will.to_json(),
-                _PackedProperties("gcmk.status.v1", None, PacketTypes.WILLMESSAGE) if v5 else None,
-            ),
-            subscriptions=self._subscriptions,
-        )
+        try:
+            options = SessionOptions.of(
+                self._factory,
+                self._site.client_id,
+                v5=v5,
+                probe=probing,
+                session_expiry=SESSION_EXPIRY,
+                will=Will(
+                    self._status_topic,
+                    will.to_json(),
+                    _PackedProperties("gcmk.status.v1", None, PacketTypes.WILLMESSAGE) if v5 else None,
+                ),
+                subscriptions=self._subscriptions,
+            )
+        except CredentialsUnreadable:
+            self._stats.connect_errors += 1
+            raise
         self._event_props = _properties("gcmk.event.v1") if v5 else None
         self._state_props = _properties("gcmk.state.v1") if v5 else None
         self._status_props = _properties("gcmk.status.v1") if v5 else None
@@ -242,9 +274,14 @@ class Publisher:
                 beat = tg.create_task(self._beat(session))
                 pump = tg.create_task(self._pump(session))
                 stable = tg.create_task(self._stable())
-                await self._stop.wait()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._outbox.drained(), self._grace)
+                await self._wake.wait()
+                if self._stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._outbox.drained(), self._grace)
+                else:  # renew: take nothing more, let what is in flight be acknowledged
+                    pump.cancel()
+                    beat.cancel()
+                    await self._settle(session)
                 for task in (pump, beat, watch, stable):
                     task.cancel()
         except asyncio.CancelledError:
@@ -252,8 +289,20 @@ class Publisher:
             await self._say_offline(session)
             await session.disconnect()
             raise
-        await self._say_offline(session)
+        if self._stop.is_set():
+            await self._say_offline(session)
+        else:
+            log.info("mqtt_session_renewing", detail="a reload: reconnecting with the TLS files and password re-read")
         await session.disconnect()
+
+    async def _settle(self, session: Session[Outgoing]) -> None:
+        """Until no publish of the session awaits its PUBACK (or RENEW_SETTLE passed, or the session ended)."""
+        window = self._window
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(RENEW_SETTLE):
+                while session.inflight and not session.ended:
+                    window.room.clear()
+                    await window.room.wait()
 
     async def _say_offline(self, session: Session[Outgoing]) -> None:
         if session.ended:
@@ -289,6 +338,9 @@ class Publisher:
         stats.last_error = f"{type(error).__name__}: {error}"
         if isinstance(error, PubackOverdue):
             stats.publish_errors += 1
+        if isinstance(error, CredentialsUnreadable):  # counted as a connect error in _session
+            self._report(f"credentials:{error}", "error", "mqtt_credentials_unreadable", detail=str(error))
+            return
         if isinstance(error, ConnectRefused):
             stats.connect_refused[error.label] = stats.connect_refused.get(error.label, 0) + 1
             stats.refused_connect = True

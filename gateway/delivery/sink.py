@@ -35,7 +35,7 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 
-from gateway.config.models import SiteConfig
+from gateway.config.models import MqttConfig, SiteConfig
 from gateway.core.events import make_event
 from gateway.core.lifecycle import RunsInBackground
 from gateway.core.ports import HealthReport, ReplayOutcome
@@ -81,10 +81,19 @@ def journal_path(site: SiteConfig) -> Path:
     return site.journal.data_dir / f"{site.site.id}.journal.sqlite3"
 
 
+def delivery_paths(site: SiteConfig) -> tuple[str, ...]:
+    """The journal's delivery paths besides MQTT: one per DC-09 receiver (docs/dc09.md)."""
+    return tuple(f"dc09:{r.id}" for r in site.dc09.receivers) if site.dc09 is not None else ()
+
+
 def open_journal(site: SiteConfig) -> Journal:
     """The site's journal as configured (not yet opened: `DeliverySink` opens it on its own thread)."""
     return Journal(
-        journal_path(site), site=site.site.id, max_bytes=site.journal.max_bytes, retention=site.journal.retention
+        journal_path(site),
+        site=site.site.id,
+        max_bytes=site.journal.max_bytes,
+        retention=site.journal.retention,
+        paths=delivery_paths(site),
     )
 
 
@@ -161,6 +170,7 @@ class DeliverySink(RunsInBackground):
         self._replay: tuple[int, int] | None = None  # (next seq, last seq) of a replay being paged in
         self._warned_receivers: set[str] = set()
         self._progress_at = 0.0  # monotonic time the receivers' cumulative confirmation last moved
+        self._commit_listeners: list[Callable[[int], None]] = []  # further delivery paths (DC-09), woken by commits
         make_publisher = publisher or Publisher
         subscriptions = {confirm_topic(site.site.id): self._on_confirm} if self._confirming else {}
         self.publisher = make_publisher(
@@ -177,6 +187,11 @@ class DeliverySink(RunsInBackground):
         """A reload applied another site file: the retained status carries its hash from now on."""
         self._config_hash = config_hash
         self.publisher.status_changed()
+
+    def renew_mqtt(self, mqtt: MqttConfig) -> None:
+        """A reload: the publisher reconnects cleanly with the TLS files and password read again (from `mqtt`'s
+        paths: only credential settings may differ from the running config's, gateway/config/diff.py)."""
+        self.publisher.renew(mqtt)
 
     def health(self) -> HealthReport:
         """For /readyz: MQTT connected and the journal writable."""
@@ -262,6 +277,20 @@ class DeliverySink(RunsInBackground):
         return self._opened and not self._closed and not self._write_failed
 
     # --- journal access ----------------------------------------------------------------------------------
+
+    @property
+    def journal(self) -> Journal:
+        return self._journal
+
+    def add_commit_listener(self, listener: Callable[[int], None]) -> None:
+        """`listener(last_seq)` runs on the loop after each commit that journaled events (DC-09 paths)."""
+        self._commit_listeners.append(listener)
+
+    async def journal_call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Runs `fn(*args)` on the journal's thread, after the journal was opened (the DC-09 paths' reads
+        and marks share the one SQLite connection and thread with the sink)."""
+        await self._open()
+        return await self._db(fn, *args)
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -403,6 +432,9 @@ class DeliverySink(RunsInBackground):
                 self._idle.set()
         if exc is None:
             self.outbox.committed(plan.result.journaled, plan.result.states)
+            if plan.result.journaled:
+                for listener in self._commit_listeners:
+                    listener(self._journal.last_seq)
 
     def _finish(self, group: list[_Pending], outcome: CommitResult | BaseException) -> None:
         if isinstance(outcome, CommitResult):

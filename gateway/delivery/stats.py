@@ -51,3 +51,22 @@ class DeliveryStats:
     def observe_latency(self, seconds: float) -> None:
         self.latency.append(seconds)
         self.latency_buckets.observe(seconds)
+
+
+@dataclass(slots=True)
+class PathStats:
+    """One DC-09 delivery path (gateway/delivery/dc09_path.py), for the metrics endpoint."""
+
+    path: str  # journal name, "dc09:<receiver id>"
+    receiver: str
+    insecure: bool = False  # unencrypted messages (insecure: true)
+    up: bool = False  # the receiver answered the last exchange (ACK, NAK, DUH, or a NULL's ACK)
+    last_ack_at: float | None = None  # epoch seconds of the last ACK (message or NULL)
+    unacknowledged: int = 0  # routed events beyond the path's cursor (refreshed every second)
+    oldest_unacknowledged_age: float | None = None  # seconds since the oldest of them was journaled
+    acked: int = 0  # events ACKed (this process)
+    duh: int = 0  # events answered DUH: recorded, never resent
+    unmapped: int = 0  # events the DC-09 mapping could not express: recorded, skipped
+    faults: int = 0  # path_fault alarms raised
+    fault_active: bool = False
+    cursor: int = 0  # every seq up to this one handled by the path

@@ -48,6 +48,7 @@ class EventType(StrEnum):
     PERIODIC_TEST = "periodic_test"
     INFO_SHED = "info_shed"
     JOURNAL_FAULT = "journal_fault"
+    PATH_FAULT = "path_fault"
     COMMAND = "command"
     CONFIG_CHANGED = "config_changed"
     CONFIG_RELOAD_FAILED = "config_reload_failed"
@@ -96,6 +97,10 @@ TYPES: dict[EventType, TypeInfo] = {
     # trouble" (the table has no code for a storage fault; 354 and 624 "event log overflow" mean something
     # else), SIA YX "service required" / YZ "service completed" (YP/YQ would say power supply).
     EventType.JOURNAL_FAULT: TypeInfo(Category.SUPERVISION, 2, "300", "YX", "YZ"),
+    # A delivery path of the gateway (a DC-09 receiver) failing longer than its supervision interval, reported
+    # on the other paths: Contact ID 354 "failure to communicate event" (350 is comm_loss, a device), SIA YC
+    # "communications fail" / YK "communications restore".
+    EventType.PATH_FAULT: TypeInfo(Category.SUPERVISION, 2, "354", "YC", "YK"),
     EventType.COMMAND: TypeInfo(Category.SUPERVISION, 5, "000", "LX", None),
     # A reload applied a new site config (audit, info): Contact ID 306 "panel programming changed", SIA RS
     # "remote program success" (the change came from outside the panel; YG "parameter changed" would do too,
@@ -107,6 +112,20 @@ TYPES: dict[EventType, TypeInfo] = {
     # building does not run the config its installer deployed.
     EventType.CONFIG_RELOAD_FAILED: TypeInfo(Category.SUPERVISION, 3, "300", "RU", None),
 }
+
+# Raised by the gateway about itself or its inputs, never by a device point: a site config that maps a point to
+# one of these would make a device's alarm look like the gateway's own supervision.
+GATEWAY_RAISED: frozenset[EventType] = frozenset(
+    {
+        EventType.INFO_SHED,
+        EventType.JOURNAL_FAULT,
+        EventType.COMMAND,
+        EventType.POINT_UNAVAILABLE,
+        EventType.CONFIG_CHANGED,
+        EventType.CONFIG_RELOAD_FAILED,
+        EventType.PATH_FAULT,
+    }
+)
 
 # Contact ID qualifiers: 1 = new event / opening, 3 = restore / closing, 6 = still present.
 QUALIFIER = {EventState.ALARM: "1", EventState.RESTORE: "3", EventState.INFO: "1"}

@@ -3,7 +3,10 @@
 What every MQTT link of the gateway shares: TLS that verifies the broker (plain TCP only with
 `insecure: true`, never as a fallback), the password from a file or the environment (never inline),
 TCP_NODELAY, a persistent session, the MQTT 5 probe with its 3.1.1 fallback, and jittered exponential
-backoff between attempts.
+backoff between attempts. The TLS files and the password are read again for every connection
+(`ClientFactory.credentials`), so rotating them on disk takes effect at the next session (a reload asks for
+one at once): a file that cannot be read then is a `CredentialsUnreadable`, which the caller counts and
+retries with backoff like a refused connection.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.config.models import MqttConfig
-from gateway.domain.errors import ConfigError
+from gateway.domain.errors import ConfigError, DeliveryError
 
 BACKOFF_MIN = 0.2
 BACKOFF_MAX = 5.0
@@ -30,6 +33,15 @@ PROBE_TIMEOUT = 3.0  # protocol "auto": how long an MQTT 5 CONNECT may go unansw
 # paho does not set TCP_NODELAY: Nagle + delayed ACK then add ~40 ms per hop whenever a small packet waits
 # behind an unacknowledged one (bench/bench_commands.py). The broker needs `set_tcp_nodelay true` as well.
 NODELAY: tuple[tuple[int, int, int], ...] = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+
+
+class CredentialsUnreadable(DeliveryError):
+    """The TLS files or the password could not be read for a new connection (the message names which and why,
+    never the secret); `problems` as a ConfigError gives them."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = tuple(problems)
 
 
 def tls_context(mqtt: MqttConfig) -> ssl.SSLContext | None:
@@ -80,17 +92,38 @@ def first_protocol(mqtt: MqttConfig) -> aiomqtt.ProtocolVersion:
 
 
 @dataclass(frozen=True)
-class ClientFactory:
-    """Builds aiomqtt clients for one site's broker: credentials and TLS are read once, at construction, so a
-    missing password file or a bad certificate is a config error at start, not a failure at first connect."""
+class Credentials:
+    """What one connection authenticates with, read from disk (or the environment) for that connection."""
 
-    mqtt: MqttConfig
     tls: ssl.SSLContext | None
     password: str | None = field(repr=False)  # never in a repr, a log line or a traceback
 
+
+@dataclass(frozen=True)
+class ClientFactory:
+    """Builds MQTT connections for one site's broker. `of` reads the credentials once, so a missing password
+    file or a bad certificate is a config error at start; every connection then reads them again
+    (`credentials`), so a rotated certificate, CA or password is used from the next session on."""
+
+    mqtt: MqttConfig
+
     @classmethod
     def of(cls, mqtt: MqttConfig) -> ClientFactory:
-        return cls(mqtt, tls_context(mqtt), password(mqtt))
+        factory = cls(mqtt)
+        factory.check()
+        return factory
+
+    def check(self) -> None:
+        """Raises ConfigError (every problem) when the credentials cannot be read now."""
+        tls_context(self.mqtt)
+        password(self.mqtt)
+
+    def credentials(self) -> Credentials:
+        """The TLS context and password as they are on disk now; CredentialsUnreadable if they cannot be read."""
+        try:
+            return Credentials(tls_context(self.mqtt), password(self.mqtt))
+        except ConfigError as exc:
+            raise CredentialsUnreadable(exc.problems) from None
 
     @property
     def timeout(self) -> float:
@@ -109,7 +142,9 @@ class ClientFactory:
     ) -> aiomqtt.Client:
         """A client with a persistent session (MQTT 5: clean_start false + session expiry; 3.1.1: clean_session
         false). `probe`: a first MQTT 5 attempt under protocol auto, answered quickly or taken as 'not MQTT 5'.
-        `options` go to aiomqtt.Client as they are (will, max_inflight_messages, ...)."""
+        `options` go to aiomqtt.Client as they are (will, max_inflight_messages, ...). Reads the credentials
+        (raises CredentialsUnreadable)."""
+        credentials = self.credentials()
         session: dict[str, Any]
         if protocol == aiomqtt.ProtocolVersion.V5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -122,11 +157,11 @@ class ClientFactory:
             self.mqtt.port,
             identifier=identifier,
             username=self.mqtt.username,
-            password=self.password,
+            password=credentials.password,
             protocol=protocol,
             keepalive=max(1, round(self.mqtt.keepalive)),
             timeout=min(self.timeout, PROBE_TIMEOUT) if probe else self.timeout,
-            tls_context=self.tls,
+            tls_context=credentials.tls,
             socket_options=NODELAY,
             logger=logging.getLogger(logger),
             **session,

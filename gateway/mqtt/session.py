@@ -184,7 +184,8 @@ def _no_subscriptions() -> Mapping[str, Callable[[bytes], None]]:
 
 @dataclass(frozen=True, slots=True)
 class SessionOptions:
-    """Everything one connection needs; `of` takes TLS, credentials and timeouts from the site's ClientFactory."""
+    """Everything one connection needs; `of` takes TLS, credentials and timeouts from the site's ClientFactory
+    (reading the TLS files and the password again: raises CredentialsUnreadable)."""
 
     host: str
     port: int
@@ -216,6 +217,7 @@ class SessionOptions:
     ) -> SessionOptions:
         """`probe`: a first MQTT 5 attempt under protocol auto, answered quickly or taken as 'not MQTT 5'."""
         timeout = factory.timeout
+        credentials = factory.credentials()
         return cls(
             host=factory.mqtt.host,
             port=factory.mqtt.port,
@@ -223,8 +225,8 @@ class SessionOptions:
             v5=v5,
             keepalive=max(1, round(factory.mqtt.keepalive)),
             username=factory.mqtt.username,
-            password=factory.password,
-            tls=factory.tls,
+            password=credentials.password,
+            tls=credentials.tls,
             session_expiry=session_expiry,
             will=will,
             connect_timeout=min(timeout, factory_module.PROBE_TIMEOUT) if probe else timeout,

@@ -30,7 +30,7 @@ from gateway.config.models import SiteConfig
 from gateway.core.histogram import Buckets
 from gateway.core.normaliser import NormaliserStats
 from gateway.core.ports import DEVICE_COUNTERS, DEVICE_GAUGES, DeviceMetrics, DeviceSnapshot
-from gateway.delivery.stats import DeliveryStats
+from gateway.delivery.stats import DeliveryStats, PathStats
 
 
 @dataclass
@@ -49,6 +49,7 @@ class Sources:
     adapters: Sequence[DeviceMetrics] = ()
     delivery: DeliveryStats | None = None
     commands: CommandStats | None = None
+    paths: Sequence[PathStats] = ()  # DC-09 delivery paths
     started_at: float = field(default_factory=time.time)
     reload: ReloadStats | None = None  # when the gateway can reload its config; its hash then wins
 
@@ -99,6 +100,8 @@ class GatewayCollector:
             yield from self._delivery(site, src.delivery)
         if src.commands is not None:
             yield from _command_metrics(site, src.commands)
+        if src.paths:
+            yield from _path_metrics(site, src.paths)
         restarts = CounterMetricFamily(
             "gcmk_component_restarts",
             "Crashes of a supervised component that were restarted",
@@ -348,12 +351,67 @@ def _command_metrics(site: str, stats: CommandStats) -> Iterator[Metric]:
     _add_histogram(latency, [site], stats.latency_buckets)
     yield from (total, refusals, failures, latency)
     yield _gauge("gcmk_commands_connected", "1 while the command subscription is up", site, float(stats.connected))
+    yield _gauge(
+        "gcmk_commands_subscription_refused",
+        "1 while the broker refuses the command subscription (SUBACK failure: its ACL?)",
+        site,
+        float(stats.subscription_refused is not None),
+    )
     yield _counter(
         "gcmk_command_retained_ignored",
         "Retained messages on the command topic, ignored (commands are never retained)",
         site,
         stats.retained_ignored,
     )
+
+
+def _path_metrics(site: str, paths: Sequence[PathStats]) -> Iterator[Metric]:
+    """Per DC-09 path (label `receiver`): state, last ACK, what waits, DUH and faults."""
+    labels = ["site", "receiver"]
+    families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+        "up": GaugeMetricFamily("gcmk_dc09_up", "1 while the DC-09 receiver answers, else 0", labels=labels),
+        "ack": GaugeMetricFamily(
+            "gcmk_dc09_last_ack_timestamp_seconds",
+            "Unix time of the receiver's last ACK (message or NULL)",
+            labels=labels,
+        ),
+        "unacked": GaugeMetricFamily(
+            "gcmk_dc09_unacknowledged", "Events routed to the receiver and not yet ACKed (or DUH'd)", labels=labels
+        ),
+        "age": GaugeMetricFamily(
+            "gcmk_dc09_oldest_unacknowledged_age_seconds",
+            "Age of the oldest event routed to the receiver and not yet ACKed (0 when none)",
+            labels=labels,
+        ),
+        "fault": GaugeMetricFamily(
+            "gcmk_dc09_path_fault", "1 while a path_fault alarm of the receiver is active", labels=labels
+        ),
+        "insecure": GaugeMetricFamily(
+            "gcmk_dc09_encryption_disabled", "1 if the path sends unencrypted messages (insecure: true)", labels=labels
+        ),
+        "acked": CounterMetricFamily("gcmk_dc09_acked", "Events the receiver ACKed", labels=labels),
+        "duh": CounterMetricFamily(
+            "gcmk_dc09_duh", "Events the receiver answered DUH (not processed; recorded, never resent)", labels=labels
+        ),
+        "unmapped": CounterMetricFamily(
+            "gcmk_dc09_unmapped", "Events the DC-09 mapping could not express (recorded, skipped)", labels=labels
+        ),
+        "faults": CounterMetricFamily("gcmk_dc09_path_faults", "path_fault alarms raised", labels=labels),
+    }
+    for stats in paths:
+        key = [site, stats.receiver]
+        families["up"].add_metric(key, float(stats.up))
+        if stats.last_ack_at is not None:
+            families["ack"].add_metric(key, stats.last_ack_at)
+        families["unacked"].add_metric(key, stats.unacknowledged)
+        families["age"].add_metric(key, stats.oldest_unacknowledged_age or 0.0)
+        families["fault"].add_metric(key, float(stats.fault_active))
+        families["insecure"].add_metric(key, float(stats.insecure))
+        families["acked"].add_metric(key, stats.acked)
+        families["duh"].add_metric(key, stats.duh)
+        families["unmapped"].add_metric(key, stats.unmapped)
+        families["faults"].add_metric(key, stats.faults)
+    yield from families.values()
 
 
 def _add_histogram(family: HistogramMetricFamily, labels: list[str], buckets: Buckets) -> None:

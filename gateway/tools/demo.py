@@ -4,14 +4,18 @@ It starts an embedded broker (unless `--broker` names one), the simulated device
 one gateway process per building exactly as deployed (`gcmk-gateway run --site ... --overlay ...`) and the
 meldkamer-side receiver as a live console; then it plays a scenario. With `--for` it stops after that
 time and prints a summary; the exit code says whether every scenario event arrived without a seq gap.
+With `--dc09` every building also sends its alarms and restores over SIA DC-09 (AES-128, one account per
+building) to the reference DC-09 receiver (gateway/tools/dc09_receiver.py), shown beside the MQTT events.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -28,6 +32,7 @@ from ruamel.yaml import YAML
 
 from gateway.config.loader import load_site
 from gateway.config.models import SiteConfig
+from gateway.tools.dc09_receiver import Dc09Receiver, Received
 from gateway.tools.receiver import Notice, ReceiverState, print_notice
 from gateway.tools.receiver_link import ReceiverOptions, receive
 from simulators.scenario import SCENARIOS, Expected, Scenario, load_scenario
@@ -59,6 +64,62 @@ class Building:
     metrics_port: int
     simulator: asyncio.subprocess.Process | None = None
     gateway: asyncio.subprocess.Process | None = None
+
+
+@dataclass
+class Dc09Demo:
+    """The demo's DC-09 side: one receiver, one account per building, what arrived per building."""
+
+    receiver: Dc09Receiver
+    port: int
+    key_file: Path
+    accounts: dict[str, str]  # site id -> account
+    arrived: Counter[str]  # site id -> DC-09 messages ACKed
+
+    def section(self, site_id: str) -> dict[str, Any]:
+        """The `dc09:` section of one building's overlay (short intervals, so that a fault shows quickly)."""
+        receiver = {
+            "id": "demo-ats",
+            "host": "127.0.0.1",
+            "port": self.port,
+            "account": self.accounts[site_id],
+            "key_file": str(self.key_file),
+            "supervision": 10.0,
+            "ack_timeout": 3.0,
+        }
+        return {"format": "sia-dcs", "receivers": [receiver]}
+
+
+async def start_dc09(sites: list[str], work: Path, as_json: bool) -> Dc09Demo:
+    key = secrets.token_bytes(16)
+    key_file = work / "dc09.key"
+    key_file.write_text(key.hex() + "\n", encoding="ascii")
+    key_file.chmod(0o600)
+    accounts = {site: f"{0x1000 + i:04X}" for i, site in enumerate(sites)}
+    site_of = {account: site for site, account in accounts.items()}
+    arrived: Counter[str] = Counter()
+
+    def on_message(message: Received) -> None:
+        site = site_of.get(message.account, message.account)
+        arrived[site] += 1
+        text = f"dc09  {site:<14} #{message.account} seq {message.seq:04d} {message.token} {message.data}"
+        if as_json:
+            print(json.dumps({"kind": "dc09", "site": site, "account": message.account, "data": message.data}))
+        else:
+            print(text, flush=True)
+
+    receiver = Dc09Receiver(dict.fromkeys(accounts.values(), key), on_message)
+    port = await receiver.start()
+    return Dc09Demo(receiver, port, key_file, accounts, arrived)
+
+
+def dc09_expected(expected: list[Expected]) -> Counter[str]:
+    """Per building, how many scenario events go over DC-09 (alarms and restores: the default routing)."""
+    need: Counter[str] = Counter()
+    for exp in expected:
+        if exp.state != "info":
+            need[exp.site] += exp.count
+    return need
 
 
 def gateway_overlay(sim_overlay: dict[str, Any], broker_url: str, data_dir: Path, metrics_port: int) -> dict[str, Any]:
@@ -126,6 +187,7 @@ async def run_demo(
     workdir: Path | None,
     as_json: bool,
     lost_after: float = 15.0,
+    dc09: bool = False,
 ) -> int:
     scenario: Scenario = load_scenario(scenario_path)
     work = workdir or Path(tempfile.mkdtemp(prefix="gcmk-demo-"))
@@ -141,6 +203,11 @@ async def run_demo(
         loop.add_signal_handler(sig, stop.set)
     _say(f"demo of {len(buildings)} buildings; journals, overlays and logs in {work}", as_json)
     async with contextlib.AsyncExitStack() as stack:
+        dc09_demo = None
+        if dc09:
+            dc09_demo = await start_dc09([b.site.site.id for b in buildings], work, as_json)
+            stack.push_async_callback(dc09_demo.receiver.close)
+            _say(f"DC-09 receiver on 127.0.0.1:{dc09_demo.port} (TCP, AES-128)", as_json)
         if broker_url is None:
             port = free_port()
             broker = await _spawn(
@@ -175,6 +242,8 @@ async def run_demo(
             overlay = gateway_overlay(
                 YAML(typ="safe").load(b.sim_overlay.read_text()), broker_url, work / b.site.site.id, b.metrics_port
             )
+            if dc09_demo is not None:
+                overlay["dc09"] = dc09_demo.section(b.site.site.id)
             with b.gateway_overlay.open("w", encoding="utf-8") as out:
                 YAML(typ="safe").dump(overlay, out)
 
@@ -201,7 +270,7 @@ async def run_demo(
                     work / f"{b.site.site.id}.log",
                 )
             try:
-                code = await _drive(buildings, scenario, state, console, stop, duration, work, as_json)
+                code = await _drive(buildings, scenario, state, console, stop, duration, work, as_json, dc09_demo)
             finally:
                 receiver_stop.set()
                 for b in buildings:
@@ -219,6 +288,7 @@ async def _drive(
     duration: float | None,
     work: Path,
     as_json: bool,
+    dc09: Dc09Demo | None = None,
 ) -> int:
     started = time.monotonic()
     deadline = None if duration is None else started + duration
@@ -236,7 +306,14 @@ async def _drive(
         return 1
     for b in buildings:
         _say(f"{b.site.site.id}: metrics on http://127.0.0.1:{b.metrics_port}/metrics", as_json)
-    expected = scenario.expected()
+    expected = [e for e in scenario.expected() if e.site in names]  # the buildings in this demo (--site)
+    dc09_need = dc09_expected(expected)
+
+    def dc09_missing() -> dict[str, int]:
+        if dc09 is None:
+            return {}
+        return {site: n - dc09.arrived[site] for site, n in dc09_need.items() if dc09.arrived[site] < n}
+
     for b in buildings:  # every building plays its part of the scenario from now
         if b.simulator is not None and b.simulator.returncode is None:
             b.simulator.send_signal(signal.SIGUSR1)
@@ -248,7 +325,12 @@ async def _drive(
             if b.gateway is not None and b.gateway.returncode is not None:
                 _say(f"{b.site.site.id}: gateway exited with {b.gateway.returncode}; log in {work}", as_json)
                 stop.set()
-        done = time.monotonic() > scenario_end and not missing(expected, console.arrived) and _no_gaps(state)
+        done = (
+            time.monotonic() > scenario_end
+            and not missing(expected, console.arrived)
+            and _no_gaps(state)
+            and not dc09_missing()
+        )
         if deadline is not None and done:
             break  # everything arrived: no need to wait out the full duration
         console.changed.clear()
@@ -262,8 +344,18 @@ async def _drive(
     summary["scenario"] = {
         "name": scenario.name,
         "expected": sum(e.count for e in expected),
-        "missing": [e.__dict__ for e in absent],
+        "missing": [dataclasses.asdict(e) for e in absent],
     }
+    if dc09 is not None:
+        summary["dc09"] = {
+            "sites": {
+                site: {"account": dc09.accounts[site], "received": dc09.arrived[site], "expected": dc09_need[site]}
+                for site in sorted(dc09.accounts)
+            },
+            "nulls": dc09.receiver.stats.nulls,
+            "bad_frames": dict(dc09.receiver.stats.bad_frames),
+            "missing": dc09_missing(),
+        }
     if not as_json:
         print(console.table(), flush=True)  # the live view, before the gateways are stopped
     # Stop the gateways as a service manager would (SIGTERM): each must flush, say offline and exit 0.
@@ -279,6 +371,7 @@ async def _drive(
         and _no_gaps(state)
         and all(s["invalid"] == 0 for s in summary["sites"].values())
         and all(code == 0 for code in exits.values())
+        and not dc09_missing()
     )
     summary["ok"] = ok
     if as_json:
@@ -303,6 +396,13 @@ def _summary_text(summary: dict[str, Any]) -> str:
     lines.append(f"  scenario '{sc['name']}': {sc['expected']} events expected, {len(sc['missing'])} missing")
     for m in sc["missing"]:
         lines.append(f"    missing: {m}")
+    if "dc09" in summary:
+        for name, d in summary["dc09"]["sites"].items():
+            lines.append(
+                f"  {name:<14} DC-09 #{d['account']}: {d['received']} messages ACKed ({d['expected']} scenario"
+                " alarms/restores expected)"
+            )
+        lines.append(f"  DC-09 NULL messages {summary['dc09']['nulls']}, bad frames {summary['dc09']['bad_frames']}")
     lines.append(f"  gateway exit codes on SIGTERM: {summary['gateway_exit_codes']}")
     lines.append("  OK" if summary["ok"] else "  FAILED")
     return "\n".join(lines)

@@ -51,11 +51,11 @@ def binary_input(instance: int, value: str = "inactive") -> BinaryInputObject:
 
 @asynccontextmanager
 async def stock_modbus(inputs: int = 16, unit: int = 1) -> AsyncIterator[tuple[ModbusTcpServer, int]]:
-    """A stock pymodbus server with discrete inputs and coils 0 .. `inputs`-1 (a multiple of 16: pymodbus keeps
-    bits in 16-bit words) and 8 registers, all 0; an address beyond them is answered with exception 02
+    """A stock pymodbus server with discrete inputs and coils 0 .. `inputs`-1 (SimData counts bits for
+    DataType.BITS) and 8 registers, all 0; an address beyond them is answered with exception 02
     (pymodbus 3.16 fills gaps between SimData blocks, so only the end of a table is a real hole). Yields the
     server (flip a bit with `async_setValues(unit, 2, address, [True])`) and its TCP port."""
-    bits = [SimData(0, count=max(1, inputs // 16), values=False, datatype=DataType.BITS)]
+    bits = [SimData(0, count=inputs, values=False, datatype=DataType.BITS)]
     registers = [SimData(0, count=8, values=0, datatype=DataType.REGISTERS)]
     device = SimDevice(id=unit, simdata=(bits, bits, registers, registers))
     server = ModbusTcpServer(device, address=("127.0.0.1", 0))

@@ -539,3 +539,101 @@ def test_fuzzed_messages_through_the_broker_leave_the_gateway_up(
     assert not r.gateway.supervisor.restarts
     assert r.gateway.commands.stats.connected
     fuzz_rig.call(_executed(r, "door-1", "lock"))  # and still executes commands
+
+
+
+class RefusingBroker:
+    """A minimal MQTT broker written for this test: it accepts every connection (MQTT 5 or 3.1.1) and refuses
+    every SUBSCRIBE in its SUBACK (0x87 not authorised / 0x80 failure), as an ACL does on brokers that say so
+    (Mosquitto 2.0 grants a forbidden subscription and only withholds the messages). `refuse = False` grants."""
+
+    def __init__(self) -> None:
+        self.refuse = True
+        self.subscribes = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> RefusingBroker:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        version = 4
+        try:
+            while True:
+                header = (await reader.readexactly(1))[0]
+                length, shift = 0, 0
+                while True:  # the remaining length: a variable-byte integer
+                    byte = (await reader.readexactly(1))[0]
+                    length |= (byte & 0x7F) << shift
+                    shift += 7
+                    if not byte & 0x80:
+                        break
+                body = await reader.readexactly(length)
+                kind = header >> 4
+                if kind == 1:  # CONNECT: protocol name (2 + 4 bytes), then the level
+                    version = body[6]
+                    writer.write(b"\x20\x03\x00\x00\x00" if version == 5 else b"\x20\x02\x00\x00")
+                elif kind == 8:  # SUBSCRIBE: the packet id first
+                    self.subscribes += 1
+                    code = (0x87 if version == 5 else 0x80) if self.refuse else 0x01
+                    props = b"\x00" if version == 5 else b""
+                    payload = body[:2] + props + bytes([code])
+                    writer.write(bytes([0x90, len(payload)]) + payload)
+                elif kind == 12:  # PINGREQ
+                    writer.write(b"\xd0\x00")
+                elif kind == 14:  # DISCONNECT
+                    break
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_a_command_subscription_the_broker_refuses_is_one_error_a_gauge_and_backoff(
+    tmp_path: Path, protocol: str
+) -> None:
+    """Without a look at the SUBACK the processor would log `commands_subscribed` and wait for ever for commands
+    that cannot come."""
+    import structlog
+    from prometheus_client import CollectorRegistry
+
+    from gateway.core.normaliser import Normaliser
+    from gateway.domain.event import utcnow
+    from gateway.ops.metrics import GatewayCollector, Sources
+
+    async with RefusingBroker() as broker:
+        doc = site_doc(tmp_path / "data", f"mqtt://127.0.0.1:{broker.port}")
+        doc["mqtt"]["protocol"] = protocol
+        site = SiteConfig.model_validate(doc)
+        commands = build_commands(site, [], CollectingSink())
+        assert commands is not None
+
+        def gauge() -> float | None:
+            registry = CollectorRegistry()
+            normaliser = Normaliser(site, epoch=utcnow()).stats
+            sources = Sources(site=site, config_hash="t", normaliser=normaliser, commands=commands.stats)
+            registry.register(GatewayCollector(sources))
+            return registry.get_sample_value("gcmk_commands_subscription_refused", {"site": SITE_ID})
+
+        with structlog.testing.capture_logs() as logs:
+            async with asyncio.TaskGroup() as tg:
+                run = tg.create_task(commands.run())
+                await wait_until(lambda: broker.subscribes >= 3, 20, what="three refused subscriptions")
+                assert not commands.subscribed.is_set() and not commands.stats.connected
+                assert gauge() == 1.0
+                broker.refuse = False
+                await wait_until(commands.subscribed.is_set, 30, what="subscribed once the broker grants it")
+                assert gauge() == 0.0
+                run.cancel()
+    refused = [e for e in logs if e["event"] == "commands_subscription_refused"]
+    assert len(refused) == 1 and f"gcmk/v1/{SITE_ID}/commands" in refused[0]["error"], refused
+    assert [e["event"] for e in logs].count("commands_subscribed") == 1

@@ -435,3 +435,39 @@ async def test_a_topic_the_broker_acl_forbids_one_error_line_backoff_metric_and_
         assert [e["event"] for e in refused] == ["mqtt_publish_refused"], refused
         assert refused[0]["topic"] == EVENTS
         assert sum(e["event"] == "mqtt_publish_accepted" for e in logs) == 1
+
+
+# --- renewing the session (a reload: credentials read again) ---------------------------------------------
+
+
+async def test_a_renewal_lets_the_window_be_acknowledged_then_reconnects_cleanly(tmp_path: Path) -> None:
+    """`renew_mqtt` while the whole window awaits its PUBACKs: nothing more is taken from the outbox, the PUBACKs
+    are awaited, then DISCONNECT (no will, no `offline`) and a new session: every event arrives exactly once."""
+    with Mosquitto(tmp_path / "broker") as broker:
+        site = site_config(tmp_path / "journal", broker.url, max_inflight=8)
+        sink = sink_for(site)
+        collector = Collector(broker.port)
+        async with asyncio.TaskGroup() as tg:
+            collecting = tg.create_task(collector.run())
+            await asyncio.wait_for(collector.connected.wait(), 10)
+            with structlog.testing.capture_logs() as logs:
+                async with running(sink):
+                    await wait_until(lambda: sink.stats.connected and sink.stats.heartbeats >= 1, 10, what="up")
+                    old = sink.publisher.session
+                    assert old is not None
+                    with frozen(broker):
+                        await sink.accept(Batch(events=tuple(make_event(i) for i in range(20))))
+                        await wait_until(lambda: old.inflight >= 8, 5, what="the window filled")
+                        sink.renew_mqtt(site.mqtt)
+                    await wait_until(lambda: sink.stats.connects == 2 and sink.stats.connected, 10, what="renewed")
+                    await wait_until(lambda: sink.stats.published == 20, 10, what="all PUBACKs")
+                    assert old.acknowledged >= 8 + 1, "the window's PUBACKs came in the old session"
+                    assert sink.publisher.session is not old
+                    texts = lambda: [e["text"] for e in collector.events()]  # noqa: E731
+                    await wait_until(lambda: len(texts()) >= 20, 10, what="all events at the subscriber")
+                    statuses = [m for m in collector.on("/status") if not m.retain]
+                    assert statuses and not [m for m in statuses if b'"offline"' in m.payload], "no will, no offline"
+            collecting.cancel()
+    assert sorted(texts()) == sorted(f"n={i}" for i in range(20)), "each event exactly once"
+    assert "mqtt_session_renewing" in [e["event"] for e in logs]
+    assert sink.stats.connect_errors == 0 and not errors(logs)

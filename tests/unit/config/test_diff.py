@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.config.diff import diff_sites
-from gateway.config.models import ModbusDevice, SiteConfig, Tenant, Zone
+from gateway.config.diff import LIVE_SECTIONS, RESTART_SECTIONS, diff_sites
+from gateway.config.models import Dc09Config, ModbusDevice, SiteConfig, Tenant, Zone
 from tests.support.sites import minimal_site
 
 OLD = minimal_site()
@@ -90,6 +91,8 @@ def test_a_point_of_another_kind_is_replaced() -> None:
         ({"site": OLD.site.model_copy(update={"id": "other-site"})}, "site.id"),
         ({"site": OLD.site.model_copy(update={"timezone": "Europe/London"})}, "site.timezone"),
         ({"mqtt": OLD.mqtt.model_copy(update={"client_id": "gw-2"})}, "mqtt: the MQTT broker and identity"),
+        ({"mqtt": OLD.mqtt.model_copy(update={"url": "mqtts://other.example:8883"})}, "mqtt: the MQTT broker"),
+        ({"mqtt": OLD.mqtt.model_copy(update={"username": "gw-2"})}, "mqtt: the MQTT broker and identity"),
         ({"journal": OLD.journal.model_copy(update={"retention": 3600.0})}, "journal:"),
         ({"metrics": OLD.metrics.model_copy(update={"port": 9999})}, "metrics:"),
         ({"delivery": OLD.delivery.model_copy(update={"confirm": "broker"})}, "delivery:"),
@@ -119,3 +122,25 @@ def test_the_summary_counts_and_names_the_changes() -> None:
     assert "1 point(s) removed (smoke-1)" in summary
     assert "device(s) restarted (fire-1)" in summary
     assert "zone 'az-2' added" in summary
+
+
+def test_every_section_is_applied_live_or_named_as_needing_a_restart() -> None:
+    """A section added to SiteConfig later must not be silently ignored by a reload."""
+    assert set(SiteConfig.model_fields) == LIVE_SECTIONS | set(RESTART_SECTIONS) | {"mqtt"}
+
+
+def test_a_dc09_change_needs_a_restart() -> None:
+    receiver = {"id": "ats", "host": "127.0.0.1", "port": 5000, "account": "4711", "insecure": True}
+    diff = diff_sites(OLD, _with(dc09=Dc09Config.model_validate({"receivers": [receiver]})))
+    assert diff.kind == "restart" and diff.restart[0].startswith("dc09: the SIA DC-09 receivers"), diff
+
+
+def test_where_the_mqtt_credentials_are_read_from_is_applied_by_reconnecting() -> None:
+    tls = OLD.mqtt.tls.model_copy(update={"ca_file": Path("/etc/gcmk/ca-2027.pem")})
+    mqtt = OLD.mqtt.model_copy(update={"tls": tls, "password_file": Path("/etc/gcmk/mqtt-password-2027")})
+    diff = diff_sites(OLD, _with(mqtt=mqtt))
+    assert (diff.kind, diff.restart) == ("credentials", ())
+    assert diff.credentials == ("mqtt.tls.ca_file", "mqtt.password_file")
+    assert "MQTT credentials from other files (mqtt.tls.ca_file, mqtt.password_file): reconnected" in diff.summary()
+    both = diff_sites(OLD, _with(mqtt=mqtt.model_copy(update={"client_id": "gw-2"})))
+    assert both.kind == "restart" and any("mqtt.client_id" in r for r in both.restart), both

@@ -53,6 +53,11 @@ def _document() -> dict[str, Any]:
     })
     doc["points"][1]["actions"] = [{"action": "unlock", "value": "unlock", "priority": 8}]
     doc["points"][3]["events"][0].update(state="info", priority=5)
+    doc["dc09"] = {"format": "sia-dcs", "accounts": {"jv": "0815"},
+                   "routing": {"categories": ["intrusion"], "states": ["alarm"], "max_priority": 3},
+                   "receivers": [{"id": "ats", "host": "192.0.2.50", "port": 5000, "transport": "tcp",
+                                  "account": "4711", "receiver": "1", "prefix": "0", "insecure": True,
+                                  "supervision": "60s", "ack_timeout": "10s"}]}
     return doc
 
 
@@ -65,7 +70,8 @@ PLACES: dict[type[BaseModel], tuple[str | int, ...]] = {
     models.BacnetDevice: ("devices", 1), models.SerialLine: ("devices", 2, "serial"),
     models.ModbusSource: ("points", 4, "source"), models.BacnetSource: ("points", 1, "source"),
     models.PointConfig: ("points", 4), models.MomentaryEvent: ("points", 3, "events", 0),
-    models.PointAction: ("points", 4, "actions", 0),
+    models.PointAction: ("points", 4, "actions", 0), models.Dc09Config: ("dc09",),
+    models.Dc09Receiver: ("dc09", "receivers", 0), models.Dc09Routing: ("dc09", "routing"),
 }
 
 

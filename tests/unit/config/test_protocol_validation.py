@@ -191,3 +191,23 @@ def test_every_problem_of_a_point_is_reported_together(tmp_path: Path) -> None:
     problems = _problems(tmp_path, text)
     paths = [p.split(": ", 2)[1] for p in problems]
     assert paths == ["devices[0].unit_id", "points[1].alarm[0]", "points[1].normal[0]"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "path"),
+    [
+        ("    type: fire\n", "    type: journal_fault\n", "points[2].type"),
+        (
+            "{value: granted, type: access_granted}",
+            "{value: granted, type: point_unavailable}",
+            "points[3].events[0].type",
+        ),
+    ],
+)
+def test_an_event_type_only_the_gateway_raises_is_refused_on_a_point(
+    tmp_path: Path, old: str, new: str, path: str
+) -> None:
+    assert old in BASE
+    text = BASE.replace(old, new, 1)
+    (problem,) = [p for p in _problems(tmp_path, text) if "raised by the gateway itself" in p]
+    assert f"site.yaml:{_line_of(text, new.strip())}: {path}: " in problem, problem

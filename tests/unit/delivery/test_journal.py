@@ -194,3 +194,11 @@ def test_the_linked_sqlite_has_what_the_journal_needs() -> None:
         assert db.execute("SELECT json_group_array(json_array(k, v)) FROM t").fetchone()[0] == '[["a",7]]'
     finally:
         db.close()
+
+
+def test_a_data_dir_that_cannot_be_made_is_a_journal_error_naming_it(tmp_path: Path) -> None:
+    blocker = tmp_path / "state"
+    blocker.write_text("a file where the state directory should be\n")
+    journal = Journal(blocker / "journal" / "site.sqlite3", site="s", max_bytes=10_000_000, retention=86400.0)
+    with pytest.raises(JournalError, match=r"cannot create the journal directory .*/state/journal: Not a directory"):
+        journal.open()

@@ -25,8 +25,9 @@ def test_a_logged_traceback_shows_no_local_variables_and_so_no_password(tmp_path
     secret_file.write_text(SECRET + "\n", encoding="utf-8")
     mqtt = MqttConfig(url="mqtt://127.0.0.1:1883", insecure=True, username="gw", password_file=secret_file)
     with configured_logging(as_json=as_json) as stream:
-        factory = ClientFactory.of(mqtt)  # holds the password it read: a local of the frames below
-        assert factory.password == SECRET
+        factory = ClientFactory.of(mqtt)
+        credentials = factory.credentials()  # holds the password it read: a local of the frames below
+        assert credentials.password == SECRET
         try:
             _fail_with(factory)
         except OSError as exc:
