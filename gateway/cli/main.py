@@ -158,6 +158,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="a gap older than this is asked for again with a replay request (default 2s)",
     )
+    receive.add_argument(
+        "--group",
+        metavar="NAME",
+        help="one member of a receiver tier: the group's live members share the sites (docs/deployment.md)",
+    )
+    receive.add_argument("--member", metavar="ID", help="this member's id in --group (unique in the group)")
     receive.add_argument("--json", action="store_true", help="JSON lines, and a JSON summary at the end")
     receive.set_defaults(handler=_receive)
 
@@ -331,8 +337,16 @@ async def _receive_until(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     if args.duration is not None:
         loop.call_later(args.duration, stop.set)
+    if (args.group is None) != (args.member is None):
+        print("receive: --group and --member go together (a tier member needs both)", file=sys.stderr)
+        return EXIT_USAGE
     options = ReceiverOptions(
-        identifier=args.id, state_dir=args.state_dir, reorder_timeout=args.reorder_timeout, ca_file=args.ca_file
+        identifier=args.id,
+        state_dir=args.state_dir,
+        reorder_timeout=args.reorder_timeout,
+        ca_file=args.ca_file,
+        group=args.group,
+        member=args.member,
     )
     await receive(args.broker, state, lambda n: print_notice(n, as_json=args.json), stop=stop, options=options)
     summary = state.summary()

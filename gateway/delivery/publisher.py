@@ -14,7 +14,11 @@ acknowledged to the outbox, it is counted (`publish_refused`), the session ends 
 backoff, re-sending from that event; the log says so once per refused topic, not per attempt. A broker that
 refuses the CONNECT (bad credentials) or drops the connection while a publish awaits its PUBACK before
 acknowledging any event of the session (what Mosquitto does when its ACL forbids a topic) is handled the same
-way: one error line per change, counters and the `refused` gauges for the alerts, backoff.
+way: one error line per change, counters and the `refused` gauges for the alerts, backoff. With MQTT 3.1.1 a
+PUBACK cannot refuse: Mosquitto acknowledges a publish its ACL denies and closes the connection at once. So on
+3.1.1 a connection the broker closes within RIGHT_AFTER of a PUBACK, in a session younger than STABLE_SESSION,
+counts as a refusal of that publish ("not authorised to publish on <topic>?"), and only a session that lasted
+STABLE_SESSION ends the refusal (a 3.1.1 PUBACK proves nothing).
 
 Credentials: every session reads the TLS files and the password again (gateway/mqtt/client.py); one that
 cannot be read is counted as a connect error, logged once per change, and retried with backoff. `renew()` (a
@@ -45,6 +49,7 @@ from gateway.delivery.stats import DeliveryStats
 from gateway.domain.errors import DeliveryError
 from gateway.mqtt.client import ClientFactory, CredentialsUnreadable, backoff
 from gateway.mqtt.session import (
+    ConnectDropped,
     ConnectRefused,
     ConnectTimeout,
     PubackOverdue,
@@ -135,6 +140,7 @@ class Publisher:
         self._window = _Window(0)
         self._grace = 0.0
         self._trouble: str | None = None  # what the last error log reported; repeats of it are not logged again
+        self._acks_prove = True  # MQTT 5: a PUBACK says whether the broker took the publish; 3.1.1: it does not
         self._event_props: Properties | None = None
         self._state_props: Properties | None = None
         self._status_props: Properties | None = None
@@ -252,6 +258,7 @@ class Publisher:
         if stats.connects > 1:
             stats.reconnects += 1
         stats.protocol = "5" if session.options.v5 else "3.1.1"
+        self._acks_prove = session.options.v5
         stats.refused_connect = False
         self._outbox.link(True)
         refusing = self._trouble is not None and self._trouble.startswith("publish_refused")
@@ -266,6 +273,7 @@ class Publisher:
                 watch = tg.create_task(self._watch(session))
                 beat = tg.create_task(self._beat(session))
                 pump = tg.create_task(self._pump(session))
+                stable = tg.create_task(self._stable())
                 await self._wake.wait()
                 if self._stop.is_set():
                     with contextlib.suppress(TimeoutError):
@@ -274,7 +282,7 @@ class Publisher:
                     pump.cancel()
                     beat.cancel()
                     await self._settle(session)
-                for task in (pump, beat, watch):
+                for task in (pump, beat, watch, stable):
                     task.cancel()
         except asyncio.CancelledError:
             # Cancelled without request_stop (service shutting down): still say `offline` if we can.
@@ -348,22 +356,39 @@ class Publisher:
             assert isinstance(error, SessionLost)
             label = "connection_closed" if error.reason is None or not error.by_broker else reason_label(error.reason)
             self._count_refusal(topic, label)
-            self._report(
-                f"publish_refused:{topic}",
-                "error",
-                "mqtt_publish_refused",
-                topic=topic,
-                detail=f"{error}, before it acknowledged any event of this session: the broker does not take this"
-                " publish (Mosquitto closes the connection like this when its ACL forbids the topic)",
-            )
+            if error.unacknowledged is None:  # MQTT 3.1.1
+                detail = (
+                    f"not authorised to publish on {topic}? The broker closed the connection right after"
+                    " acknowledging it (Mosquitto does this with MQTT 3.1.1 when its ACL forbids the topic):"
+                    " check the gateway user's rights in the broker's ACL"
+                )
+            else:
+                detail = (
+                    f"{error}, before it acknowledged any event of this session: the broker does not take this"
+                    " publish (Mosquitto closes the connection like this when its ACL forbids the topic)"
+                )
+            self._report(f"publish_refused:{topic}", "error", "mqtt_publish_refused", topic=topic, detail=detail)
             return
         self._report(f"link:{stats.last_error}", "warning", "mqtt_link_down", error=stats.last_error)
+
+    async def _stable(self) -> None:
+        """MQTT 3.1.1: a session that lasted STABLE_SESSION ends a refusal its PUBACKs could not disprove."""
+        if self._acks_prove:
+            return
+        await asyncio.sleep(STABLE_SESSION)
+        for topic in list(self._stats.refused_topics):
+            self._accepted(topic, proven=True)
 
     def _dropped_publish(self, error: BaseException) -> str | None:
         """The topic of the publish the broker refused by ending the connection, if that is what happened: the
         session ended by the broker (closed without a reason, or a DISCONNECT whose reason refuses the
         publish) while a publish awaited its PUBACK and no outbox message of the session was accepted."""
-        if not isinstance(error, SessionLost) or error.unacknowledged is None or self._window.delivered:
+        if not isinstance(error, SessionLost):
+            return None
+        if not self._acks_prove and error.unacknowledged is None:  # 3.1.1: PUBACK, then the connection closed
+            closed = not error.by_broker and (error.reason is None or error.reason.value != 0x8D)
+            return error.just_acknowledged if closed else None
+        if error.unacknowledged is None or self._window.delivered:
             return None
         if error.by_broker:
             refusing = error.reason is not None and error.reason.value in _REFUSING_DISCONNECTS
@@ -383,10 +408,10 @@ class Publisher:
         stats.publish_refused[label] = stats.publish_refused.get(label, 0) + 1
         stats.refused_topics.add(topic)
 
-    def _accepted(self, topic: str) -> None:
-        """A publish to `topic` was accepted: a refusal of that topic is over."""
+    def _accepted(self, topic: str, *, proven: bool = False) -> None:
+        """A publish to `topic` was accepted: a refusal of that topic is over (on 3.1.1 only once `proven`)."""
         stats = self._stats
-        if topic in stats.refused_topics:
+        if topic in stats.refused_topics and (proven or self._acks_prove):
             stats.refused_topics.discard(topic)
             if not stats.refused_topics and self._trouble is not None and self._trouble.startswith("publish_refused"):
                 self._trouble = None
@@ -460,11 +485,12 @@ class Publisher:
 
 def _refuses_v5(error: BaseException) -> bool:
     """A 3.1.1-only broker answers an MQTT 5 CONNECT with 'unsupported protocol version' (paho maps the 3.1.1
-    code 1 onto MQTT 5's 0x84), or (amqtt, which cannot parse an MQTT 5 will) never answers: the TCP connection
-    worked, MQTT 5 did not."""
+    code 1 onto MQTT 5's 0x84), or never answers (amqtt, which cannot parse an MQTT 5 will), or closes the
+    connection without a CONNACK (RabbitMQ 3.10, which cannot parse the CONNECT): the TCP connection worked,
+    MQTT 5 did not."""
     if isinstance(error, ConnectRefused):
         return error.reason.value in (0x01, 0x84)
-    return isinstance(error, ConnectTimeout)
+    return isinstance(error, ConnectTimeout | ConnectDropped)
 
 
 def _first(group: BaseExceptionGroup[Any]) -> BaseException:

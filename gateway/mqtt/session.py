@@ -63,6 +63,9 @@ T = TypeVar("T")
 MISC_INTERVAL = 1.0  # seconds between loop_misc() calls (paho's keepalive) and watchdog checks
 CLOSE_TIMEOUT = 1.0  # seconds a clean DISCONNECT may take before the socket is shut down
 _ABORT_WRITE = 8  # loop_write() attempts after shutdown() until paho has closed the socket
+# A connection closed this soon after a PUBACK was closed "right after that publish": what Mosquitto does, with
+# MQTT 3.1.1, to a publish its ACL denies (a plain PUBACK, then the connection closed).
+RIGHT_AFTER = 0.5
 
 # What to check when the broker refuses with one of these reason codes (MQTT 5 values; 3.1.1 CONNACK codes
 # arrive converted by paho).
@@ -71,6 +74,9 @@ _HINTS = {
     0x85: "the broker rejects the client id",
     0x86: "check mqtt.username and the password (mqtt.password_file / password_env)",
     0x87: "the broker does not allow this: check the gateway user's credentials and the broker's ACL",
+    # RabbitMQ 3.10 answers 3.1.1 code 3 when the user may not use the client id's session queue
+    0x88: "the broker is unavailable, or (RabbitMQ) the user may not use this client id's session: check the"
+    " gateway user's credentials and the broker's permissions",
     0x8A: "the broker has banned this client",
     0x8C: "the broker wants another authentication method",
     0x90: "the broker rejects the topic name",
@@ -107,6 +113,11 @@ class ConnectTimeout(SessionError):
     """The connection was made but no CONNACK arrived in time (a broker that does not speak MQTT 5 may do this)."""
 
 
+class ConnectDropped(SessionError):
+    """The broker closed the connection without answering the CONNECT: what RabbitMQ 3.10 (MQTT 3.1.1 only)
+    does with an MQTT 5 CONNECT it cannot parse."""
+
+
 class ConnectRefused(SessionError):
     """The broker answered the CONNECT with a refusal (bad credentials, not authorised, ...)."""
 
@@ -134,7 +145,8 @@ class SessionLost(SessionError):
     """The connection ended without our asking: `by_broker` with the broker's DISCONNECT reason (MQTT 5), else
     the connection dropped (closed by the broker without a reason, reset, keepalive timeout).
     `unacknowledged`: the topic of the oldest publish that awaited its PUBACK then (None if none did);
-    `acknowledged`: how many publishes of the session the broker had acknowledged."""
+    `acknowledged`: how many publishes of the session the broker had acknowledged; `just_acknowledged`: the
+    topic of the last acknowledged publish if the connection closed within RIGHT_AFTER seconds of its PUBACK."""
 
     def __init__(
         self,
@@ -144,12 +156,14 @@ class SessionLost(SessionError):
         by_broker: bool = False,
         unacknowledged: str | None = None,
         acknowledged: int = 0,
+        just_acknowledged: str | None = None,
     ) -> None:
         super().__init__(message)
         self.reason = reason
         self.by_broker = by_broker
         self.unacknowledged = unacknowledged
         self.acknowledged = acknowledged
+        self.just_acknowledged = just_acknowledged
 
 
 # --- options ---------------------------------------------------------------------------------------------
@@ -274,6 +288,7 @@ class Session(Generic[T]):
         self.session_present = False
         self.receive_maximum: int | None = None  # MQTT 5 CONNACK: at most this many QoS 1 publishes in flight
         self.acknowledged = 0  # publishes the broker acknowledged (any reason code) in this session
+        self._last_ack: tuple[str, float] | None = None  # topic and monotonic time of the latest PUBACK
         self.peak_inflight = 0  # the most publishes awaiting PUBACK at once (tests check the owner's window)
         self.subscribed = False  # the broker granted every subscription of this session (SUBACK)
         self.subscriptions_refused: list[str] = []  # "topic: reason" for each subscription the broker refused
@@ -504,6 +519,9 @@ class Session(Generic[T]):
         if self._closing:
             self._end(None)
             return
+        if self._connack is not None and not self._connack.done():
+            self._end(ConnectDropped("the broker closed the connection without answering the CONNECT"))
+            return
         oldest = next(iter(self._pending.values()), None) or next(iter(self._waiters.values()), None)
         unacknowledged = oldest[2] if oldest is not None else None
         if flags.is_disconnect_packet_from_server:
@@ -514,6 +532,8 @@ class Session(Generic[T]):
             message = "the connection to the broker was closed or reset"
         if unacknowledged is not None:
             message += f" while the publish to {unacknowledged} awaited its PUBACK"
+        last = self._last_ack
+        just = last[0] if last is not None and time.monotonic() - last[1] <= RIGHT_AFTER else None
         self._end(
             SessionLost(
                 message,
@@ -521,12 +541,17 @@ class Session(Generic[T]):
                 by_broker=flags.is_disconnect_packet_from_server,
                 unacknowledged=unacknowledged,
                 acknowledged=self.acknowledged,
+                just_acknowledged=just,
             )
         )
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any) -> None:
         self.acknowledged += 1
         entry = self._pending.pop(mid, None)
+        waiter = None if entry is not None else self._waiters.get(mid)
+        topic = entry[2] if entry is not None else waiter[2] if waiter is not None else None
+        if topic is not None:
+            self._last_ack = (topic, time.monotonic())
         if entry is not None:
             self._on_ack(entry[0], reason)
             return

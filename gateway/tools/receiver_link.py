@@ -10,6 +10,10 @@ can copy.
   request; a range the gateway no longer holds (`pruned`) is written off and reported, never silently
   skipped. After a restart the receiver resumes from its stored position.
 - Bounded memory: a bounded queue between the MQTT consumer and the store writer, trackers in O(gaps).
+- With `group` set it is one member of a receiver tier (`gateway.tools.receiver_tier`): it serves only the
+  sites the group's live members assign to it, confirms as the tier's receiver id, and takes over the sites
+  of a member that dies from the tier's position (other members' confirmations, the heartbeat's
+  confirmed_seq), with the gateway's republication and replays filling what the dead member held unconfirmed.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,14 +34,16 @@ import aiomqtt
 import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import ValidationError
 
 from gateway.commands.contract import CommandResultDoc, ReplayDoc, commands_topic
-from gateway.delivery.contract import MAX_CONFIRM_SEQS, ROOT, ConfirmDoc, confirm_topic
+from gateway.delivery.contract import MAX_CONFIRM_SEQS, ROOT, ConfirmDoc, HeartbeatDoc, confirm_topic
 from gateway.domain.event import utcnow
 from gateway.mqtt.client import NODELAY, PROBE_TIMEOUT, refuses_protocol
 from gateway.tools.receiver import Notice, ReceiverState
 from gateway.tools.receiver_store import Received, ReceiverStore
+from gateway.tools.receiver_tier import Membership, presence_filter, presence_payload, presence_topic
 from gateway.tools.seqtrack import SeqTracker
 
 log = structlog.get_logger(__name__)
@@ -55,6 +62,16 @@ class ReceiverOptions:
     state_dir: Path = Path("receiver-state")
     reorder_timeout: float = 2.0
     ca_file: str | None = None
+    group: str | None = None  # a receiver tier: the sites are shared by the group's live members
+    member: str | None = None  # this member's id in the group (required with `group`)
+
+    @property
+    def client_id(self) -> str:
+        return f"{self.identifier}-{self.group}-{self.member}" if self.group else self.identifier
+
+    @property
+    def store_name(self) -> str:
+        return f"{self.identifier}-{self.group}-{self.member}" if self.group else self.identifier
 
 
 @dataclass
@@ -81,9 +98,19 @@ class ReceiverLink:
     _unconfirmed: set[str] = field(default_factory=set)  # sites stored since their last confirmation
     _confirm_wake: asyncio.Event = field(default_factory=asyncio.Event)
     _gaps: dict[tuple[str, int], _Gap] = field(default_factory=dict)
+    membership: Membership | None = None  # tier mode: who serves which site
+    _subscribed: set[str] = field(default_factory=set)  # tier mode: sites whose events we subscribe to
+    _acquired: dict[str, float] = field(default_factory=dict)  # tier mode: taken, no heartbeat since (monotonic)
+    _tier_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    sites_taken: int = 0  # tier mode: sites acquired after the first assignment (take-overs)
+    _assigned: bool = False
+    _v5: bool = True
+    _leaving: bool = False
 
     async def run(self, stop: asyncio.Event) -> None:
-        store = ReceiverStore(self.options.state_dir, self.options.identifier)
+        if self.options.group and not self.options.member:
+            raise ValueError("a receiver tier member needs a member id")
+        store = ReceiverStore(self.options.state_dir, self.options.store_name)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcmk-receiver-store")
         loop = asyncio.get_running_loop()
         try:
@@ -100,6 +127,7 @@ class ReceiverLink:
                     tg.create_task(self._watch_heartbeats()),
                 ]
                 await stop.wait()
+                await self._leave()
                 for task in tasks:
                     task.cancel()
         finally:
@@ -112,15 +140,30 @@ class ReceiverLink:
         """MQTT 5 with a session expiry, or 3.1.1 with clean_session false: a persistent session either way."""
         url = urlsplit(self.broker_url)
         tls = aiomqtt.TLSParameters(ca_certs=self.options.ca_file) if url.scheme == "mqtts" else None
-        session: dict[str, Any] = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": False}
+        tier = self.options.group is not None
+        self._v5 = v5
+        # A tier member starts clean: a dead member's persistent session would hoard the events of sites the
+        # survivors now serve, and replay them at it when it comes back. What it misses while away the
+        # gateway publishes again (unconfirmed after confirm_timeout) or replays on request.
+        session: dict[str, Any] = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": tier}
         if v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = SESSION_EXPIRY
-            session = {"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": False, "properties": props}
+            props.SessionExpiryInterval = 0 if tier else SESSION_EXPIRY
+            session = {"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": tier, "properties": props}
+        if tier:
+            assert self.options.group is not None and self.options.member is not None
+            self.membership = Membership(self.options.group, self.options.member, uuid.uuid4().hex)
+            self._subscribed = set()
+            # The broker clears our presence when the connection dies: the others take our sites over.
+            session["will"] = aiomqtt.Will(
+                presence_topic(self.options.group, self.options.member), b"", qos=1, retain=True
+            )
         return aiomqtt.Client(
             url.hostname or "127.0.0.1",
             url.port or (8883 if tls else 1883),
-            identifier=self.options.identifier,
+            identifier=self.options.client_id,
+            username=url.username,  # mqtt://user:password@host: the broker's ACL (deploy/mosquitto/acl)
+            password=url.password,
             tls_params=tls,
             keepalive=10,
             socket_options=NODELAY,  # confirmations are small packets behind others: no Nagle delay
@@ -129,6 +172,13 @@ class ReceiverLink:
         )
 
     def _topics(self) -> list[str]:
+        if self.options.group:  # a tier member: every site's small messages; events only of its own sites
+            return [
+                presence_filter(self.options.group),
+                f"{ROOT}/+/status",
+                f"{ROOT}/+/heartbeat",
+                f"{ROOT}/+/confirm",
+            ]
         site = self.state.site_filter or "+"
         return [
             f"{ROOT}/{site}/events/#",
@@ -165,6 +215,8 @@ class ReceiverLink:
             try:
                 async with asyncio.TaskGroup() as tg:
                     subscribing = tg.create_task(self._subscribe(client))
+                    if self.options.group:
+                        tg.create_task(self._reconcile(client))
                     self._client = client
                     self._connected_once = True
                     self._confirm_all()  # cumulative: repairs confirmations lost while away
@@ -182,14 +234,119 @@ class ReceiverLink:
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         for topic in self._topics():
-            await client.subscribe(topic, qos=1)
+            if self._v5 and topic.endswith("/confirm"):  # our own confirmations need not come back (MQTT 5)
+                await client.subscribe(topic, options=SubscribeOptions(qos=1, noLocal=True))
+            else:
+                await client.subscribe(topic, qos=1)
+        if self.options.group and self.membership is not None:  # after the presence subscription: see `ready`
+            await client.publish(
+                presence_topic(self.options.group, self.membership.me),
+                presence_payload(self.membership.me, self.membership.nonce),
+                qos=1,
+                retain=True,
+            )
+
+    # --- the receiver tier ---------------------------------------------------------------------------
+
+    async def _leave(self) -> None:
+        """A clean stop sends DISCONNECT, which suppresses the will: clear our presence ourselves, so that the
+        others take our sites over now rather than never."""
+        client, membership = self._client, self.membership
+        self._leaving = True
+        if client is None or membership is None:
+            return
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.publish(presence_topic(membership.group, membership.me), b"", qos=1, retain=True, timeout=5)
+
+    def serves(self, site: str) -> bool:
+        """Whether this receiver serves `site` now (always, outside a tier)."""
+        return self.membership is None or self.membership.owns(site)
+
+    async def _reconcile(self, client: aiomqtt.Client) -> None:
+        """Subscribes to the events of the sites we own and drops the others, whenever membership or the
+        set of known sites changes. Its own task: (un)subscribing waits for the broker, reading must not."""
+        membership = self.membership
+        assert membership is not None
+        while True:
+            await self._tier_wake.wait()
+            self._tier_wake.clear()
+            if not membership.ready:
+                continue
+            known = {*self.state.sites, *self._durable}
+            wanted = {site for site in known if membership.owns(site)}
+            gained, lost = sorted(wanted - self._subscribed), sorted(self._subscribed - wanted)
+            if lost:
+                await client.unsubscribe([t for site in lost for t in _site_topics(site)])
+                self._subscribed -= set(lost)
+                log.info("receiver tier: sites handed over", member=membership.me, sites=len(lost))
+            now = time.monotonic()
+            for site in gained:
+                self._acquired[site] = now  # replays wait for the site's next heartbeat: its position
+            if self._assigned:
+                self.sites_taken += len(gained)
+            self._assigned = True
+            for start in range(0, len(gained), 50):
+                chunk = gained[start : start + 50]
+                await client.subscribe([(t, 1) for site in chunk for t in _site_topics(site)])
+                self._subscribed |= set(chunk)
+            if gained:
+                log.info("receiver tier: sites taken", member=membership.me, sites=len(gained))
+                self._unconfirmed.update(s for s in gained if s in self._durable)
+                self._confirm_wake.set()
+
+    def _on_tier_message(self, topic: str, payload: bytes) -> bool:
+        """Presence and confirmations of the tier; True when the message was one of those."""
+        membership = self.membership
+        assert membership is not None
+        if topic.startswith(presence_filter(membership.group)[:-1]):
+            if membership.on_presence(topic, payload):
+                self._tier_wake.set()
+            return True
+        if topic.endswith("/confirm"):
+            try:
+                doc = ConfirmDoc.model_validate_json(payload)
+            except (ValidationError, ValueError):
+                return True
+            if doc.receiver == self.options.identifier:  # the tier's own confirmations, by any member
+                self._merge(doc.site, doc.up_to_seq, doc.seqs)
+            return True
+        return False
+
+    def _merge(self, site: str, up_to: int, seqs: list[int]) -> None:
+        """The tier holds these seqs of `site` (some member stored them): our position moves with them."""
+        known = site in self._durable or site in self.state.sites
+        self._durable.setdefault(site, SeqTracker()).merge(up_to, seqs)
+        self.state.view(site).seqs.merge(up_to, seqs)
+        if not known:
+            self._tier_wake.set()
 
     async def _on_message(self, topic: str, payload: bytes, queue: asyncio.Queue[Received]) -> None:
+        if self.membership is not None:
+            if self._on_tier_message(topic, payload):
+                if self.membership.cleared_me and self._client is not None and not self._leaving:
+                    self.membership.cleared_me = False
+                    await self._client.publish(
+                        presence_topic(self.membership.group, self.membership.me),
+                        presence_payload(self.membership.me, self.membership.nonce),
+                        qos=1,
+                        retain=True,
+                    )
+                return
+            parts = topic.split("/")
+            site = parts[2] if len(parts) > 3 else ""
+            if parts[3:4] != ["status"] and parts[3:4] != ["heartbeat"] and not self.serves(site):
+                return  # in flight when we handed the site over: its new owner has it
+            new_site = site not in self.state.sites
+            if parts[3:4] == ["heartbeat"]:
+                self._heartbeat_position(site, payload)
+            if new_site:
+                self._tier_wake.set()
         if topic.endswith("/command-results"):
             self._on_result(topic.split("/")[2], payload)
             return
         for notice in self.state.on_message(topic, payload, received=utcnow(), mono=time.monotonic()):
-            self.on_notice(notice)
+            if self.serves(notice.site):
+                self.on_notice(notice)
             event = notice.event
             if notice.kind == "event" and event is not None and event.seq is not None:
                 await queue.put(Received(event.site, event.seq, str(event.event_id), payload.decode()))
@@ -202,12 +359,14 @@ class ReceiverLink:
             batch = [await queue.get()]
             while len(batch) < BATCH_MAX and not queue.empty():
                 batch.append(queue.get_nowait())
-            touched = {}
+            touched: dict[str, SeqTracker] = {}
             for item in batch:
                 tracker = self._durable.setdefault(item.site, SeqTracker())
                 tracker.add(item.seq)
                 touched[item.site] = tracker
-            await loop.run_in_executor(executor, store.store, batch, touched)
+            # copies: the loop may merge a tier position into a tracker while the store thread writes it
+            snapshot = {site: SeqTracker(t.up_to, list(t.above), list(t.written_off)) for site, t in touched.items()}
+            await loop.run_in_executor(executor, store.store, batch, snapshot)
             self._unconfirmed.update(touched)  # confirmed by `_send_confirmations`: the store never waits
             self._confirm_wake.set()
 
@@ -227,6 +386,8 @@ class ReceiverLink:
                 continue  # _confirm_all() on the next connection
             sites, self._unconfirmed = self._unconfirmed, set()
             for site in sites:
+                if not self.serves(site):
+                    continue  # its owner confirms it
                 tracker = self._durable[site]
                 doc = ConfirmDoc(
                     site=site,
@@ -256,6 +417,8 @@ class ReceiverLink:
             now = time.monotonic()
             current: set[tuple[str, int]] = set()
             for site in {*self._durable, *self.state.sites}:
+                if not self.serves(site) or self._resuming(site):
+                    continue
                 tracker = self._durable.setdefault(site, SeqTracker())
                 for first, last in self._missing(site, tracker)[:10]:
                     key = (site, first)
@@ -269,6 +432,20 @@ class ReceiverLink:
             for key in set(self._gaps) - current:
                 del self._gaps[key]
 
+    def _heartbeat_position(self, site: str, payload: bytes) -> None:
+        """Tier mode: the gateway says the tier confirmed everything up to confirmed_seq: held by the tier."""
+        try:
+            heartbeat = HeartbeatDoc.model_validate_json(payload)
+        except (ValidationError, ValueError):
+            return  # the state counts it as invalid
+        if heartbeat.site == site:
+            self._merge(site, heartbeat.confirmed_seq, [])
+            self._acquired.pop(site, None)
+
+    def _resuming(self, site: str) -> bool:
+        """A site just taken over: until its next heartbeat we do not know the tier's position for sure."""
+        return site in self._acquired
+
     async def _ask(self, site: str, first: int, last: int, attempt: int) -> None:
         client = self._client
         if client is None:
@@ -276,7 +453,7 @@ class ReceiverLink:
         now = datetime.now(UTC)
         request = ReplayDoc(
             schema_="gcmk.replay.v1",
-            command_id=f"replay-{self.options.identifier}-{site}-{first}-{last}-{attempt}",
+            command_id=f"replay-{self.options.client_id}-{site}-{first}-{last}-{attempt}",
             from_seq=first,
             to_seq=last,
             issued_at=now,
@@ -310,6 +487,10 @@ class ReceiverLink:
             for notice in self.state.check(time.monotonic()):
                 self.on_notice(notice)
             await asyncio.sleep(0.5)  # a periodic check, not synchronisation
+
+
+def _site_topics(site: str) -> list[str]:
+    return [f"{ROOT}/{site}/events/#", f"{ROOT}/{site}/state/#", f"{ROOT}/{site}/command-results"]
 
 
 def _payload(value: Any) -> bytes:

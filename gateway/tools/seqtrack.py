@@ -66,6 +66,16 @@ class SeqTracker:
             self.above = [s for s in self.above if s > last]
             self._advance()
 
+    def merge(self, up_to: int, seqs: list[int] | tuple[int, ...] = ()) -> None:
+        """Take in a position held elsewhere (another member of a receiver tier confirmed it, or the gateway's
+        heartbeat says the tier confirmed everything up to `up_to`): those seqs are held, by the tier."""
+        if up_to > self.up_to:
+            self.up_to = up_to
+            self.above = [s for s in self.above if s > up_to]
+            self._advance()
+        for seq in seqs:
+            self.add(seq)
+
     def _advance(self) -> None:
         taken = 0
         while taken < len(self.above) and self.above[taken] == self.up_to + 1:

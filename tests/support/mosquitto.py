@@ -22,6 +22,9 @@ anonymous clients. The config sets `max_queued_messages 0`
 (no limit: Mosquitto otherwise drops QoS 1 messages to a slow subscriber beyond 1000), `set_tcp_nodelay true`
 (else Nagle + delayed ACK add ~40 ms per hop, as in production: see docs/operations.md) and `user root`
 (run as root Mosquitto would drop to user `mosquitto`, which cannot write the tmp dir).
+
+Bridge: `Mosquitto(dir, bridge=Bridge(central.port, topics))` makes this broker a site broker that bridges to
+another one on loopback (`topics`: the `topic ...` lines of deploy/mosquitto/site-bridge.conf).
 """
 
 from __future__ import annotations
@@ -62,6 +65,31 @@ class BrokerTls:
     require_certificate: bool = False  # True: clients must present a certificate signed by ca_file
 
 
+@dataclass(frozen=True)
+class Bridge:
+    """A bridge from this broker to `remote_port` on 127.0.0.1 (one `connection` section)."""
+
+    remote_port: int
+    topics: tuple[str, ...]  # `topic PATTERN out|in|both QOS` lines
+    name: str = "central"
+    protocol: str = "mqttv50"  # bridge_protocol_version: mqttv50 or mqttv311
+    client_id: str = "gcmk-site-bridge"
+
+    def config_lines(self) -> list[str]:
+        return [
+            f"connection {self.name}",
+            f"address {HOST}:{self.remote_port}",
+            f"bridge_protocol_version {self.protocol}",
+            f"remote_clientid {self.client_id}",
+            "cleansession false",
+            "try_private true",
+            "notifications false",
+            "keepalive_interval 5",
+            "restart_timeout 1 5",  # reconnect after 1 s, backing off to 5 s (the central broker restarts)
+            *self.topics,
+        ]
+
+
 def tls_files(directory: Path, *, hostname: str = HOST) -> tuple[BrokerTls, Path, tuple[Path, Path]]:
     """Makes a trustme CA, a server certificate for `hostname` and a client certificate.
 
@@ -95,8 +123,10 @@ class Mosquitto:
         port: int | None = None,
         users: dict[str, str] | None = None,
         extra_config: str = "",
+        bridge: Bridge | None = None,
     ) -> None:
         self.workdir = Path(workdir)
+        self.bridge = bridge
         self.tls = tls
         self.port = port or free_port()
         self.extra_config = extra_config
@@ -148,6 +178,8 @@ class Mosquitto:
             lines.append(f"password_file {self._password_file()}")
         if self.extra_config:
             lines.append(self.extra_config)
+        if self.bridge is not None:  # last: every line after `connection` belongs to the bridge
+            lines += self.bridge.config_lines()
         return "\n".join(lines) + "\n"
 
     def _password_file(self) -> Path:

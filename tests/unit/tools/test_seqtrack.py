@@ -47,3 +47,16 @@ def test_matches_a_plain_set(seqs: list[int], rnd: random.Random) -> None:
     top = max(held, default=0)
     assert t.missing() == sorted(set(range(1, top + 1)) - held)
     assert t.highest == top
+
+
+def test_merge_takes_in_a_position_held_elsewhere() -> None:
+    from gateway.tools.seqtrack import SeqTracker
+
+    tracker = SeqTracker()
+    for seq in (1, 2, 7, 12):
+        tracker.add(seq)
+    tracker.merge(8, [10])
+    assert (tracker.up_to, tracker.above, tracker.gaps()) == (8, [10, 12], [(9, 9), (11, 11)])
+    assert tracker.written_off == [], "held by the tier, not given up"
+    tracker.merge(3)
+    assert tracker.up_to == 8, "an older position changes nothing"
