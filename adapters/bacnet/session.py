@@ -357,9 +357,9 @@ class DeviceSession:
         if self._rpm:
             try:
                 return await self.client.read_multiple(refs)
-            except ObjectMissing:
-                if len(refs) == 1:
-                    raise
+            except ObjectMissing as exc:
+                if len(refs) == 1:  # that one point is missing: its value is the error (not the device's)
+                    return {refs[0]: exc}
                 # a device that fails the whole request for one missing object: read one by one, so that
                 # one bad point does not blind the others
             except DeviceRejected as exc:

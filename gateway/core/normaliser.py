@@ -231,6 +231,10 @@ class Normaliser:
             self._online[device_id] = online
             self._device_since[device_id] = since
 
+    def pending_keys(self) -> tuple[Key, ...]:
+        """What `offer_tick` may change: the points with a debounced change pending."""
+        return tuple(point_key(pid) for pid, live in self._live.items() if live.pending is not None)
+
     def status_keys(self, status: DeviceStatus) -> tuple[Key, ...]:
         """What `offer_status(status)` may change: the device, and its points when it goes offline."""
         if status.device_id not in self._devices:
@@ -261,16 +265,18 @@ class Normaliser:
     def offer_many(self, readings: Iterable[Reading]) -> Step:
         """Apply readings in order as ONE step (one batch for the sink, one commit or rollback for all).
 
-        A point may appear more than once: the step keeps its first before-image, so a rollback returns it
-        to where it was before the first of them."""
+        Every point's before-image is taken before its first reading, also for a reading that makes no event
+        (a debounce starting), so a rollback returns each point to where it was before the hand-over: all or
+        nothing (a point may appear more than once)."""
         batches: list[Batch] = []
         befores: dict[str, tuple[str, PointState, Quality, _Pending | None, bool]] = {}
         for reading in readings:
+            live = self._live.get(reading.point_id)
+            if live is not None and reading.point_id not in befores:
+                befores[reading.point_id] = (reading.point_id, live.state, live.quality, live.pending, live.unavailable)
             step = self.offer(reading)
             if step.batch:
                 batches.append(step.batch)
-            for before in step.points:
-                befores.setdefault(before[0], before)
         if not batches:
             return Step()
         return Step(batches[0] if len(batches) == 1 else _merge(batches), tuple(befores.values()))

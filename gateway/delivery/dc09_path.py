@@ -29,6 +29,7 @@ import structlog
 
 from gateway.config.models import Dc09Config, Dc09Receiver, Dc09Routing, SiteConfig
 from gateway.core.events import make_event
+from gateway.dc09.frame import SEQ_MIN, next_seq
 from gateway.dc09.mapping import dc09_message
 from gateway.dc09.transmitter import Endpoint, LinkState, Message, Outcome, Transmitter
 from gateway.delivery.journal import Journal, JournalError, NumberConflict, PathMark, parse_page
@@ -155,6 +156,7 @@ class Dc09Path:
         self.route = Route(self.dc09.routing, fault_point(self.receiver.id))
         self._wake = asyncio.Event()
         self._sending_since: float | None = None  # monotonic: a message awaits its reply
+        self._refused: tuple[float, int, str] | None = None  # since (monotonic), seq, outcome: not processed
         self._tx: Transmitter | None = None
         self._zones: Mapping[str, int] = {}
         self._areas: Mapping[str, int] = {}
@@ -180,6 +182,7 @@ class Dc09Path:
         self._zones, self._areas = await self._host.journal_call(numbers, journal, self.site, self._clock())
         self.stats.cursor = await self._host.journal_call(journal.path_cursor, self.name)
         self.stats.fault_active = await self._host.journal_call(journal.path_fault_active, self.name)
+        last_message_seq = await self._host.journal_call(journal.path_message_seq, self.name)
         r = self.receiver
         endpoint = Endpoint(
             host=r.host,
@@ -195,7 +198,8 @@ class Dc09Path:
         log.info("dc09_path_starting", path=self.name, host=r.host, port=r.port, cursor=self.stats.cursor)
         started = time.monotonic()
         try:
-            async with self._make_transmitter(endpoint, on_link_change=self._link_changed) as tx:
+            first_seq = next_seq(last_message_seq) if last_message_seq else SEQ_MIN
+            async with self._make_transmitter(endpoint, on_link_change=self._link_changed, first_seq=first_seq) as tx:
                 self._tx = tx
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._watch(started))
@@ -227,7 +231,13 @@ class Dc09Path:
                     passed = item.seq
                     continue
                 outcome = await self._send(tx, event)
-                await self._mark(PathMark(item.seq, [(item.seq, outcome)]))
+                # DUH or unencodable: not at the receiving centre. Until a message is ACKed again the path counts
+                # as failing (a receiver that never set up our account DUHs every alarm with the link up).
+                if outcome == "acked":
+                    self._refused = None
+                elif self._refused is None:
+                    self._refused = (time.monotonic(), item.seq, outcome)
+                await self._mark(PathMark(item.seq, [(item.seq, outcome)], message_seq=tx.last_seq))
                 passed = item.seq
             if passed > self.stats.cursor:
                 await self._mark(PathMark(passed))
@@ -287,6 +297,8 @@ class Dc09Path:
         sending = self._sending_since
         if sending is not None and now - sending > self.receiver.ack_timeout:
             return sending
+        if self._refused is not None:
+            return self._refused[0]
         return None
 
     async def _watch(self, started: float) -> None:
@@ -312,12 +324,20 @@ class Dc09Path:
         """Journals the path_fault alarm or restore (to MQTT and the other paths), then records the state."""
         r = self.receiver
         at = datetime.now(UTC)
-        text = (
-            f"DC-09 receiver {r.id} ({r.host}:{r.port}) not answering for {failing_for:.0f}s"
-            f" (supervision {r.supervision:g}s); events wait in the journal"
-            if active
-            else f"DC-09 receiver {r.id} ({r.host}:{r.port}) answering again"
-        )
+        if not active:
+            text = f"DC-09 receiver {r.id} ({r.host}:{r.port}) answering again"
+        elif self._refused is not None and self._tx is not None and self._tx.link.up:
+            _since, seq, outcome = self._refused
+            why = "answered DUH (understood, not processed)" if outcome == "duh" else "could not be sent (unmapped)"
+            text = (
+                f"DC-09 receiver {r.id} ({r.host}:{r.port}): event seq {seq} {why} and nothing ACKed since"
+                f" ({failing_for:.0f}s): alarms may not reach the receiving centre (account, codes?)"
+            )
+        else:
+            text = (
+                f"DC-09 receiver {r.id} ({r.host}:{r.port}) not answering for {failing_for:.0f}s"
+                f" (supervision {r.supervision:g}s); events wait in the journal"
+            )
         event = make_event(
             site=self.site.site.id,
             event_type=EventType.PATH_FAULT,

@@ -292,7 +292,10 @@ class PathMark:
     """Progress of one path: every seq up to `up_to_seq` is handled; `outcomes` are the events it sent."""
 
     up_to_seq: int
-    outcomes: Sequence[tuple[int, str]] = ()  # (seq, "acked" | "duh")
+    outcomes: Sequence[tuple[int, str]] = ()  # (seq, "acked" | "duh" | "unmapped")
+    # The DC-09 message sequence number last used, kept with the outcome: a restarted path goes on from it (a
+    # receiver takes a repeated number from the same account for a retransmission and may drop the message).
+    message_seq: int | None = None
 
 
 class Journal:
@@ -815,12 +818,17 @@ class Journal:
         """Records a path's progress durably, in one transaction: its cursor (never moving back) and the
         outcome of each event it sent."""
         acked = sum(1 for _seq, outcome in mark.outcomes if outcome == "acked")
+        duh = sum(1 for _seq, outcome in mark.outcomes if outcome == "duh")
         with self._transaction():
             self.db.execute(
                 "UPDATE paths SET up_to_seq = MAX(up_to_seq, ?), at = ?, acked = acked + ?, duh = duh + ?"
                 " WHERE path = ?",
-                (mark.up_to_seq, now, acked, len(mark.outcomes) - acked, path),
+                (mark.up_to_seq, now, acked, duh, path),
             )
+            if mark.message_seq is not None:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"message_seq:{path}", str(mark.message_seq))
+                )
             if mark.outcomes:
                 _insert_many(
                     self.db,
@@ -830,6 +838,10 @@ class Journal:
         self._refresh_path_floor()
         if self.over_bound:  # events passed by every path can now make room
             self.over_bound = self._over_bound()
+
+    def path_message_seq(self, path: str) -> int:
+        """The DC-09 sequence number `path` last used (0: none yet)."""
+        return int(self._meta(f"message_seq:{path}", "0"))
 
     def path_fault_active(self, path: str) -> bool:
         """A path_fault alarm of `path` was journaled and its restore not yet (survives restarts)."""

@@ -115,6 +115,20 @@ async def test_stock_bacnet_missing_and_typoed_objects_do_not_blind_the_door_nex
         assert len(told) == 1 and "reading every configured point" in told[0]["event"]
 
 
+async def test_a_device_whose_only_point_is_missing_reports_it_blind_and_keeps_being_watched() -> None:
+    """One ref in a ReadPropertyMultiple that the device rejects whole: the point is blind, not the device
+    (before: taken for the device going silent, the resync failed the same way for ever)."""
+    async with stock_bacnet(2002, {1: "inactive"}) as (app, port):
+        devices = {"d1": {"port": port, "device_instance": 2002}}
+        site = bacnet_site(devices, [bacnet_point("ghost", "d1", "binary-input,7")])
+        adapter = BacnetAdapter(site)
+        async with gateway_of(site, adapter) as (sink, _normaliser):
+            await sink.wait_for(lambda ev: _blind(ev, "ghost"))
+            app.add_object(binary_input(7))
+            await sink.wait_for(lambda ev: ("point_unavailable", "restore") in _of(ev, "ghost"))
+        assert not [e for e in sink.events if e.type.value == "comm_loss" and e.state.value == "alarm"]
+
+
 async def test_simulated_bacnet_object_missing_on_the_device_is_one_event_and_the_rest_report() -> None:
     present = [bacnet_point(f"det{i}", "d1", f"binary-input,{i}") for i in (1, 2)]
     async with simulated({"d1": {}}, present) as (sim, sim_site):

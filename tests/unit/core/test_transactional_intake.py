@@ -284,3 +284,64 @@ async def test_submit_many_is_one_accept_and_a_refusal_rolls_all_of_it_back() ->
     assert sink.of("pir-01") == [("burglary", "alarm"), ("burglary", "restore")]
     assert sink.of("pir-02") == [("burglary", "alarm")]
     assert pipeline.accepted == 3
+
+
+def test_offer_many_rolled_back_also_undoes_a_debounce_it_started() -> None:
+    """All or nothing: a reading of the hand-over that only started a debounce (no event of its own) is undone
+    with the rest, or the next tick would confirm a change whose hand-over the journal refused."""
+    norm = Normaliser(SITE, epoch=T0)  # smoke-1 debounces 2 s
+    norm.process(_read("smoke-1", "quiet", 0))
+    norm.process(_read("pir-01", 0, 0))
+    step = norm.offer_many([_read("smoke-1", "alarm", 10), _read("pir-01", 1, 10)])
+    assert _events(step.batch) == [("pir-01", "burglary", "alarm")]
+    assert norm.next_due() == _at(12), "smoke-1 pending"
+    norm.rollback(step)
+    assert norm.next_due() is None, "the debounce the refused hand-over started is undone"
+    assert norm.point_state("pir-01").condition == "normal"
+
+
+@pytest.mark.parametrize("refused", [False, True])
+async def test_a_caller_cancelled_while_the_sink_commits_gets_the_sinks_outcome(refused: bool) -> None:
+    """A device task stopped (reload, shutdown) while its step is being journaled: the journal's outcome decides.
+    Committed -> the normaliser keeps the alarm (rolling it back would raise it a second time on the next
+    reading); refused -> rolled back, offered again."""
+    sink = RefusingSink()
+    pipeline = Pipeline(Normaliser(SITE, epoch=T0), sink)
+    await pipeline.submit(_read("pir-01", 0, 0))
+    sink.gate.clear()
+    sink.refuse = 1 if refused else 0
+    caller = asyncio.create_task(pipeline.submit(_read("pir-01", 1, 1)))
+    await asyncio.wait_for(sink.held.wait(), 5)
+    caller.cancel()
+    sink.gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    expected = "normal" if refused else "burglary"
+    assert pipeline.normaliser.point_state("pir-01").condition == expected
+    assert sink.of("pir-01") == ([] if refused else [("burglary", "alarm")])
+    await pipeline.submit(_read("pir-01", 1, 2))  # the next reading: an alarm only if it was not journaled
+    assert sink.of("pir-01") == [("burglary", "alarm")]
+
+
+async def test_the_timer_waits_for_a_step_holding_its_pending_points() -> None:
+    """A reload's batch holds every point while it is journaled: a debounce falling due meanwhile is confirmed
+    after it (under the config in force then), never journaled behind the reload's config_changed event."""
+    sink = RefusingSink()
+    clock = FakeClock(_at(0))
+    pipeline = Pipeline(Normaliser(SITE, epoch=T0), sink, clock=clock)
+    await pipeline.submit(_read("smoke-1", "quiet", 0))
+    await pipeline.submit(_read("smoke-1", "alarm", 10))  # debounced 2 s: pending
+    sink.gate.clear()
+    held = pipeline.normaliser.offer(_read("pir-01", 1, 10))
+    async with asyncio.TaskGroup() as tg:
+        applying = tg.create_task(pipeline.apply(held, hold=pipeline.normaliser.pending_keys()))
+        await asyncio.wait_for(sink.held.wait(), 5)
+        clock.set(_at(12.5))  # smoke-1 falls due while the held step awaits the sink
+        timer = tg.create_task(pipeline.run_debounce_timer())
+        await asyncio.sleep(0)  # one loop iteration: the timer runs up to where it waits (not a delay)
+        assert sink.of("smoke-1") == [] and pipeline.normaliser.next_due() is not None, "the timer waits"
+        sink.gate.set()
+        await applying
+        await sink.wait_for(lambda _events: sink.of("smoke-1") == [("fire", "alarm")], 5)
+        timer.cancel()
+    assert [e.point.id for e in sink.events][-2:] == ["pir-01", "smoke-1"], "after the held step, not before"

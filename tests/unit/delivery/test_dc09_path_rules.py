@@ -33,15 +33,21 @@ class FakeReceiver:
         self.up.set()
         self.messages: list[Message] = []
         self.duh_for: set[str] = set()
+        self.duh_all = False  # a receiving centre that never set up our account
+        self.first_seqs: list[int] = []  # the first message sequence number of each transmitter
 
 
 class FakeTransmitter:
     """The Transmitter contract: send returns only on ACK or DUH and retries internally while the receiver is down."""
 
-    def __init__(self, receiver: FakeReceiver, endpoint: Endpoint, *, on_link_change: Any = None) -> None:
+    def __init__(
+        self, receiver: FakeReceiver, endpoint: Endpoint, *, on_link_change: Any = None, first_seq: int = 1
+    ) -> None:
         self.receiver = receiver
         self.endpoint = endpoint
         self._on_link_change = on_link_change
+        self.last_seq = first_seq - 1  # the message sequence number last used
+        receiver.first_seqs.append(first_seq)
         self._link = LinkState(False, time.monotonic(), None, 0, 0.0)
 
     @property
@@ -67,7 +73,8 @@ class FakeTransmitter:
             self._set(False)
             await self.receiver.up.wait()
         self._set(True)
-        if message.data in self.receiver.duh_for:
+        self.last_seq = self.last_seq % 9999 + 1
+        if message.data in self.receiver.duh_for or self.receiver.duh_all:
             return Outcome.DUH
         self.receiver.messages.append(message)
         return Outcome.ACKED
@@ -133,6 +140,21 @@ async def test_a_restart_resumes_at_the_cursor_without_resending(tmp_path: Path)
         await add(host, make_event(3))
         await wait_until(lambda: path.stats.cursor == 4, 5)
     assert texts(receiver) == ["n=0", "n=1", "n=2", "n=3"], "nothing sent twice"
+    assert receiver.first_seqs == [1, 4], "the restarted path goes on with the next message sequence number"
+
+
+async def test_a_receiver_that_processes_nothing_is_a_path_fault_although_it_answers(tmp_path: Path) -> None:
+    receiver = FakeReceiver()
+    receiver.duh_all = True
+    async with running(tmp_path, receiver) as (host, path):
+        await add(host, make_event(0), make_event(1))
+        await wait_until(lambda: path.stats.fault_active, 5, what="path fault on DUH with the link up")
+        (fault,) = [e for e in host.journal.events() if e.type is EventType.PATH_FAULT]
+        assert "seq 1 answered DUH" in (fault.text or ""), fault.text
+        receiver.duh_all = False
+        await add(host, make_event(2))
+        await wait_until(lambda: not path.stats.fault_active, 5, what="restore once a message is ACKed")
+        assert host.journal.path_outcomes("dc09:ats")[:2] == [(1, "duh"), (2, "duh")]
 
 
 async def test_a_failing_path_raises_a_path_fault_for_the_other_paths_and_a_restore(tmp_path: Path) -> None:
