@@ -76,10 +76,14 @@ class GroupCommit:
                 await self.sink.submit_many(batch.readings)
         except BaseException as exc:
             batch.error = exc if isinstance(exc, NotAccepted) else NotAccepted(f"commit did not complete: {exc!r}")
-            for refused in batch.refused:
-                refused()
-            batch.done.set_result(None)
+            try:
+                for refused in batch.refused:
+                    refused()
+            finally:  # the other waiters are released whatever a callback does
+                batch.done.set_result(None)
             raise
-        for accepted in batch.accepted:
-            accepted()
-        batch.done.set_result(None)
+        try:
+            for accepted in batch.accepted:
+                accepted()
+        finally:
+            batch.done.set_result(None)

@@ -98,7 +98,6 @@ class DevicePoller:
         self._tuning = tuning or PollTuning()
         self._rng = rng or random.Random()
         self._handed: dict[str, _Key] = {}  # per point: the last reading queued for the gateway (or accepted)
-        self._accepted: dict[str, _Key] = {}  # per point: the last reading the gateway accepted (durable)
         self._fault_retry_at: dict[Block, float] = {}
         # per block (ref): the values of its last good read whose points were handed on; a poll decodes only
         # the addresses that differ from them
@@ -291,11 +290,8 @@ class DevicePoller:
         for handover in taken:
             if handover.status is not None:
                 self._online = handover.status.online
-                if not handover.status.online:
-                    self._accepted.clear()
                 continue
-            for reading, key in handover.readings:
-                self._accepted[reading.point_id] = key
+            for reading, _key in handover.readings:
                 self.stats.readings += 1
                 if reading.quality is Quality.UNAVAILABLE:
                     self._blind.add(reading.point_id)

@@ -26,6 +26,7 @@ Reloads run one at a time, in the order asked, in this component's task (supervi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from gateway.config.source import SiteSource
 from gateway.core.events import make_event
 from gateway.core.normaliser import Step, device_key, point_key
 from gateway.core.ports import Reconfigurable
+from gateway.delivery.journal import JournalError
 from gateway.domain.errors import ConfigError, NotAccepted, SiteConfigFault
 from gateway.domain.event import Event, PointRef, SourceRef, utcnow
 from gateway.domain.state import Batch
@@ -120,9 +122,15 @@ class Reloader:
         """Runs until cancelled: one reload per request, in order."""
         while True:
             waiter = await self._queue.get()
-            outcome = await self.reload()
+            try:
+                outcome = await self.reload()
+            except Exception as exc:  # a bug or an unforeseen error: this reload fails, the gateway goes on
+                log.exception("config_reload_crashed")
+                self.stats.refused()
+                why = f"the reload failed: {type(exc).__name__}: {exc}"
+                outcome = ReloadOutcome(False, self.stats.config_hash, why)
             if waiter is not None and not waiter.done():
-                waiter.set_result(outcome)
+                waiter.set_result(outcome)  # the HTTP caller always gets an answer
 
     async def reload(self) -> ReloadOutcome:
         notifier = self.gateway.notifier
@@ -164,6 +172,8 @@ class Reloader:
                 numbered.append((path, await path.numbers_for(new)))
             except SiteConfigFault as exc:
                 return await self._refused("the DC-09 zone numbers of the new site config conflict", (str(exc),))
+            except JournalError as exc:
+                return await self._refused("the journal could not assign DC-09 zone numbers", (str(exc),))
 
         now = self._clock()
         held = [*(point_key(p.id) for p in gateway.site.points), *(device_key(d.id) for d in gateway.site.devices)]
@@ -205,8 +215,17 @@ class Reloader:
     async def _restart_devices(self, diff: SiteDiff) -> None:
         devices = (*diff.devices_added, *diff.devices_changed, *diff.devices_removed)
         for adapter in self.gateway.adapters:
-            if isinstance(adapter, Reconfigurable):
+            if not isinstance(adapter, Reconfigurable):
+                continue
+            try:
                 await adapter.reconfigure(self.gateway.site, devices)
+            except Exception as exc:  # the config is applied; say loudly which devices did not follow
+                name = getattr(adapter, "name", type(adapter).__name__)
+                log.exception("config_reload_devices_failed", adapter=name, devices=list(devices))
+                text = f"reload applied, but {name} could not restart {', '.join(devices)}: {exc}"
+                event = self._event(EventType.CONFIG_RELOAD_FAILED, self._clock(), text)
+                with contextlib.suppress(NotAccepted):
+                    await self.gateway.pipeline.apply(Step(Batch((event,))))
 
     async def _refused(self, why: str, problems: tuple[str, ...], *, journal: bool = True) -> ReloadOutcome:
         """Nothing applied: logged line by line, counted, and (if the journal takes it) told to the meldkamer."""

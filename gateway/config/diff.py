@@ -74,11 +74,6 @@ class SiteDiff:
             return "credentials"
         return "none"
 
-    @property
-    def ended_points(self) -> tuple[str, ...]:
-        """Points whose current state ends with the reload (removed, or replaced by a point of another kind)."""
-        return (*self.points_removed, *self.points_replaced)
-
     def summary(self) -> str:
         """One line for the config_changed event and the log: counts and the first ids of each change."""
         if self.restart:

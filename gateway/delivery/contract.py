@@ -59,7 +59,8 @@ class StatusDoc(_Doc):
     schema_: Literal["gcmk.status.v1"] = Field("gcmk.status.v1", alias="schema")
     site: str
     status: Literal["online", "offline"]
-    reason: Literal["connected", "connection lost", "shutdown"]
+    # "reconnecting": a reload renews the session (credentials read again); `online` follows once connected
+    reason: Literal["connected", "connection lost", "shutdown", "reconnecting"]
     version: str = Field(description="gateway software version")
     config_hash: str = Field(description="hash of the effective site config")
     started_at: Timestamp = Field(description="when the gateway process started")

@@ -32,7 +32,7 @@ from gateway.core.events import make_event
 from gateway.dc09.frame import SEQ_MIN, next_seq
 from gateway.dc09.mapping import dc09_message
 from gateway.dc09.transmitter import Endpoint, LinkState, Message, Outcome, Transmitter
-from gateway.delivery.journal import Journal, JournalError, NumberConflict, PathMark, parse_page
+from gateway.delivery.journal import NO_PATH_FLOOR, Journal, JournalError, NumberConflict, PathMark, parse_page
 from gateway.delivery.stats import PathStats
 from gateway.domain.errors import SiteConfigFault
 from gateway.domain.event import Event, PointRef, SourceRef
@@ -45,7 +45,6 @@ T = TypeVar("T")
 
 PAGE = 200  # events read from the journal at once
 WATCH_INTERVAL = 1.0  # seconds between fault checks and backlog refreshes (at most; less for short supervision)
-END = 1 << 62
 
 
 class JournalHost(Protocol):
@@ -219,7 +218,7 @@ class Dc09Path:
         journal = self._host.journal
         while True:
             self._wake.clear()
-            text = await self._host.journal_call(journal.read_range_json, self.stats.cursor + 1, END, PAGE)
+            text = await self._host.journal_call(journal.read_range_json, self.stats.cursor + 1, NO_PATH_FLOOR, PAGE)
             page = parse_page(text)
             if not page:
                 await self._wake.wait()

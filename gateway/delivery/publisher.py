@@ -291,7 +291,8 @@ class Publisher:
             raise
         if self._stop.is_set():
             await self._say_offline(session)
-        else:
+        else:  # a clean DISCONNECT discards the will: say it, so a reconnect that fails is not silent `online`
+            await self._say_offline(session, "reconnecting")
             log.info("mqtt_session_renewing", detail="a reload: reconnecting with the TLS files and password re-read")
         await session.disconnect()
 
@@ -304,11 +305,11 @@ class Publisher:
                     window.room.clear()
                     await window.room.wait()
 
-    async def _say_offline(self, session: Session[Outgoing]) -> None:
+    async def _say_offline(self, session: Session[Outgoing], reason: str = "shutdown") -> None:
         if session.ended:
             return
         with contextlib.suppress(DeliveryError, TimeoutError):
-            doc = self._offline("shutdown").to_json()
+            doc = self._offline(reason).to_json()
             await asyncio.wait_for(session.publish_wait(self._status_topic, doc, True, self._status_props), 2.0)
 
     def _disconnected(self) -> None:

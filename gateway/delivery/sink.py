@@ -666,8 +666,8 @@ class DeliverySink(RunsInBackground):
         return self._status("online", "connected", last_seq=self.stats.last_seq, at=datetime.now(UTC))
 
     def _offline(self, reason: str) -> StatusDoc:
-        if reason == "shutdown":
-            return self._status("offline", "shutdown", last_seq=self.stats.last_seq, at=datetime.now(UTC))
+        if reason in ("shutdown", "reconnecting"):
+            return self._status("offline", reason, last_seq=self.stats.last_seq, at=datetime.now(UTC))
         return self._status("offline", "connection lost", last_seq=None, at=None)
 
     def _status(self, status: Any, reason: Any, *, last_seq: int | None, at: datetime | None) -> StatusDoc:

@@ -29,7 +29,6 @@ _BODY = re.compile(
     r"L(?P<prefix>[0-9A-Fa-f]+)#(?P<account>[0-9A-Fa-f]{3,16})\[(?P<rest>.*)$",
     re.S,
 )
-MAX_FRAME = 4096
 
 
 @dataclass(frozen=True, slots=True)

@@ -165,3 +165,34 @@ async def test_readings_wait_for_the_reload_commit_and_are_then_made_under_the_n
             True,
         )
         gateway.stop()
+
+
+class BrokenReconfigure(Feed):
+    """An adapter whose device restart fails (e.g. a port another process holds)."""
+
+    async def reconfigure(self, site: object, devices: object) -> None:
+        raise OSError("address already in use")
+
+
+async def test_a_device_restart_that_fails_after_the_reload_is_said_and_the_reloader_goes_on(tmp_path: Path) -> None:
+    site_file = tmp_path / "site.yaml"
+    original = MINIMAL_SITE.read_text(encoding="utf-8")
+    site_file.write_text(original, encoding="utf-8")
+    source = SiteSource(site_file, (OPERATOR_PORT_0,))
+    loaded = load_validated(site_file, [OPERATOR_PORT_0])
+    sink = CollectingSink()
+    gateway = Gateway(loaded.config, sink, [BrokenReconfigure()], config_hash=loaded.hash)
+    gateway.reloader = reloader = Reloader(gateway, source)
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(gateway.run())
+        await wait_until(lambda: gateway.operator_port is not None)
+        site_file.write_text(original.replace("port: 5020", "port: 5021", 1), encoding="utf-8")  # a device change
+        assert "port: 5021" in site_file.read_text(encoding="utf-8")
+        outcome = await reloader.reload()
+        assert outcome.applied, outcome
+        failed = [e for e in sink.events if e.type.value == "config_reload_failed"]
+        assert failed and "could not restart" in (failed[0].text or "") and "address already in use" in failed[0].text
+        site_file.write_text(original, encoding="utf-8")
+        status, second = await asyncio.to_thread(_post, f"http://127.0.0.1:{gateway.operator_port}")
+        assert status == 200 and second["applied"], second  # the reloader still serves requests
+        gateway.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -442,7 +443,8 @@ async def test_a_topic_the_broker_acl_forbids_one_error_line_backoff_metric_and_
 
 async def test_a_renewal_lets_the_window_be_acknowledged_then_reconnects_cleanly(tmp_path: Path) -> None:
     """`renew_mqtt` while the whole window awaits its PUBACKs: nothing more is taken from the outbox, the PUBACKs
-    are awaited, then DISCONNECT (no will, no `offline`) and a new session: every event arrives exactly once."""
+    are awaited, then `offline` (reason reconnecting: a clean DISCONNECT discards the will, and a reconnect that
+    fails must not leave a retained `online`), DISCONNECT and a new session: every event arrives exactly once."""
     with Mosquitto(tmp_path / "broker") as broker:
         site = site_config(tmp_path / "journal", broker.url, max_inflight=8)
         sink = sink_for(site)
@@ -466,7 +468,9 @@ async def test_a_renewal_lets_the_window_be_acknowledged_then_reconnects_cleanly
                     texts = lambda: [e["text"] for e in collector.events()]  # noqa: E731
                     await wait_until(lambda: len(texts()) >= 20, 10, what="all events at the subscriber")
                     statuses = [m for m in collector.on("/status") if not m.retain]
-                    assert statuses and not [m for m in statuses if b'"offline"' in m.payload], "no will, no offline"
+                    reasons = [json.loads(m.payload)["reason"] for m in statuses]
+                    assert "reconnecting" in reasons and "connection lost" not in reasons, reasons
+                    assert reasons[-1] == "connected", "online again after the renewal"
             collecting.cancel()
     assert sorted(texts()) == sorted(f"n={i}" for i in range(20)), "each event exactly once"
     assert "mqtt_session_renewing" in [e["event"] for e in logs]
