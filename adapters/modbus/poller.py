@@ -39,6 +39,8 @@ from gateway.config.models import ModbusDevice, ModbusSource, PointConfig
 from gateway.core.ports import DeviceStatus, Quality, Reading, ReadingSink
 from gateway.domain.errors import ConfigurationFault, DeviceError, DeviceRejected, NotAccepted
 
+DRAIN_GRACE = 5.0  # seconds a stopped poller still gives its queued changes to become durable
+
 
 @dataclass(frozen=True, slots=True)
 class PollTuning:
@@ -120,7 +122,28 @@ class DevicePoller:
     async def run(self, sink: ReadingSink) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._commit_loop(sink), name=f"modbus-commit-{self.device.id}")
-            await self._poll_loop()
+            try:
+                await self._poll_loop()
+            except asyncio.CancelledError:
+                await self._drain()
+                raise
+
+    async def _drain(self) -> None:
+        """Stopped (a reload of this bus, the shutdown, which stops the inputs before the sink): polling has
+        ended; the changes already read get DRAIN_GRACE seconds to become durable, so a change that came and
+        went while commits were slow is not lost with the queue. Repeated cancels (the adapter's stop insists)
+        do not cut the grace short; it is re-raised by the caller."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_GRACE
+        while self.pending and (left := deadline - loop.time()) > 0:
+            try:
+                await asyncio.wait_for(self._queue.join(), left)
+            except TimeoutError:
+                break
+            except asyncio.CancelledError:
+                continue
+        if self.pending:
+            self._log.error("modbus_handover_dropped", pending=self.pending, detail="not durable within the grace")
 
     async def _poll_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -264,6 +287,8 @@ class DevicePoller:
                         await asyncio.sleep(self.device.poll_interval)  # offered again, as the next poll would
                     self._acknowledge(part)
                     self._committing -= len(part)
+                    for _ in part:
+                        queue.task_done()
             finally:
                 self._committing = 0
 

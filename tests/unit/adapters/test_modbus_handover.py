@@ -134,3 +134,29 @@ async def test_back_pressure_when_the_bound_of_pending_polls_is_reached_and_noth
         await wait_until(lambda: poller.pending == 0 and len(sink.values("pir-1")) >= reads, what="caught up")
     values = sink.values("pir-1")
     assert values == [n % 2 for n in range(len(values))], "every change read was handed on, in order"
+
+
+async def test_a_stopped_poller_lets_its_queued_changes_become_durable_first() -> None:
+    """A reload of the bus or the shutdown (inputs stopped before the sink) while commits are slow: an alarm that
+    came and went is in the queue only; the stopped poller gives it its grace, also against repeated cancels."""
+    script = {"value": 0}
+    link = ScriptedLink(lambda _n: script["value"])
+    sink = StallingSink()
+    site = _site()
+    dev = site.devices[0]
+    assert isinstance(dev, ModbusDevice)
+    poller = DevicePoller(dev, list(site.points), link)  # type: ignore[arg-type]
+    task = asyncio.create_task(poller.run(sink))  # type: ignore[arg-type]
+    await wait_until(lambda: poller.stats.readings == 2, what="the first values committed")
+    sink.gate.clear()
+    script["value"] = 1
+    await wait_until(lambda: sink.calls == 2, what="the alarm's commit stalls")
+    script["value"] = 0
+    await wait_until(lambda: poller.pending == 2, what="its restore queued behind it")
+    task.cancel()
+    task.cancel()  # the adapter's stop insists
+    await asyncio.sleep(0)
+    assert not task.done(), "it waits for its queue"
+    sink.gate.set()
+    await asyncio.gather(task, return_exceptions=True)
+    assert sink.values("pir-1") == [0, 1, 0], "the alarm and its restore, both durable"
