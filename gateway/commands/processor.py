@@ -24,7 +24,6 @@ from datetime import datetime
 
 import aiomqtt
 import structlog
-from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.commands.contract import (
     CommandDoc,
@@ -48,7 +47,7 @@ from gateway.domain.event import Event, PointRef, SourceRef, utcnow
 from gateway.domain.state import Batch
 from gateway.domain.taxonomy import TYPES, Category, EventState, EventType
 from gateway.mqtt.client import ClientFactory, CredentialsUnreadable, backoff, first_protocol, refuses_protocol
-from gateway.mqtt.session import describe
+from gateway.mqtt.session import subscription_refusal
 
 log = structlog.get_logger(__name__)
 
@@ -63,18 +62,6 @@ _RENEW = aiomqtt.Message("$gcmk/renew", b"", qos=0, retain=False, mid=0, propert
 
 class SubscriptionRefused(Exception):
     """The broker answered the command subscription's SUBACK with a failure (e.g. its ACL forbids the topic)."""
-
-
-def subscription_refusal(granted: tuple[int, ...] | list[ReasonCode]) -> str | None:
-    """What the SUBACK refused, in words, or None when every subscription was granted. aiomqtt returns the
-    granted QoS values (MQTT 3.1.1: 0x80 = failure) or MQTT 5 reason codes (>= 0x80 = failure)."""
-    for code in granted:
-        if isinstance(code, ReasonCode):
-            if code.is_failure:
-                return describe(code)
-        elif code >= 0x80:
-            return f"refused (return code 0x{code:02X})"
-    return None
 
 
 class CommandProcessor:

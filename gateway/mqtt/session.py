@@ -41,7 +41,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -96,6 +96,18 @@ def describe(reason: ReasonCode) -> str:
     hint = _HINTS.get(reason.value)
     text = f"{reason.getName()} (0x{reason.value:02X})"
     return f"{text}: {hint}" if hint else text
+
+
+def subscription_refusal(granted: Sequence[int | ReasonCode]) -> str | None:
+    """What the SUBACK refused, in words, or None when every subscription was granted. aiomqtt returns the
+    granted QoS values (MQTT 3.1.1: 0x80 = failure) or MQTT 5 reason codes (>= 0x80 = failure)."""
+    for code in granted:
+        if isinstance(code, ReasonCode):
+            if code.is_failure:
+                return describe(code)
+        elif code >= 0x80:
+            return f"refused (return code 0x{code:02X})"
+    return None
 
 
 # --- errors ----------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,6 +34,7 @@ import aiomqtt
 import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import ValidationError
 
@@ -41,6 +42,7 @@ from gateway.commands.contract import CommandResultDoc, ReplayDoc, commands_topi
 from gateway.delivery.contract import MAX_CONFIRM_SEQS, ROOT, ConfirmDoc, HeartbeatDoc, confirm_topic
 from gateway.domain.event import utcnow
 from gateway.mqtt.client import NODELAY, PROBE_TIMEOUT, refuses_protocol
+from gateway.mqtt.session import subscription_refusal
 from gateway.tools.receiver import Notice, ReceiverState
 from gateway.tools.receiver_store import Received, ReceiverStore
 from gateway.tools.receiver_tier import Membership, presence_filter, presence_payload, presence_topic
@@ -103,6 +105,8 @@ class ReceiverLink:
     _acquired: dict[str, float] = field(default_factory=dict)  # tier mode: taken, no heartbeat since (monotonic)
     _tier_wake: asyncio.Event = field(default_factory=asyncio.Event)
     sites_taken: int = 0  # tier mode: sites acquired after the first assignment (take-overs)
+    subscriptions_refused: int = 0  # SUBACKs that refused a topic (the broker's ACL)
+    _refused_topics: set[str] = field(default_factory=set)  # refused now: logged once each
     _assigned: bool = False
     _v5: bool = True
     _leaving: bool = False
@@ -235,9 +239,10 @@ class ReceiverLink:
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         for topic in self._topics():
             if self._v5 and topic.endswith("/confirm"):  # our own confirmations need not come back (MQTT 5)
-                await client.subscribe(topic, options=SubscribeOptions(qos=1, noLocal=True))
+                granted = await client.subscribe(topic, options=SubscribeOptions(qos=1, noLocal=True))
             else:
-                await client.subscribe(topic, qos=1)
+                granted = await client.subscribe(topic, qos=1)
+            self._check_granted(topic, granted)
         if self.options.group and self.membership is not None:  # after the presence subscription: see `ready`
             await client.publish(
                 presence_topic(self.options.group, self.membership.me),
@@ -245,6 +250,18 @@ class ReceiverLink:
                 qos=1,
                 retain=True,
             )
+
+    def _check_granted(self, topic: str, granted: Sequence[int | ReasonCode]) -> bool:
+        """True if the SUBACK refused `topic` (e.g. the broker's ACL): one error line per topic, counted."""
+        refusal = subscription_refusal(granted)
+        if refusal is None:
+            self._refused_topics.discard(topic)
+            return False
+        self.subscriptions_refused += 1
+        if topic not in self._refused_topics:
+            self._refused_topics.add(topic)
+            log.error("receiver_subscription_refused", topic=topic, refusal=refusal)
+        return True
 
     # --- the receiver tier ---------------------------------------------------------------------------
 
@@ -287,8 +304,11 @@ class ReceiverLink:
             self._assigned = True
             for start in range(0, len(gained), 50):
                 chunk = gained[start : start + 50]
-                await client.subscribe([(t, 1) for site in chunk for t in _site_topics(site)])
-                self._subscribed |= set(chunk)
+                topics = [t for site in chunk for t in _site_topics(site)]
+                codes: Sequence[int | ReasonCode] = list(await client.subscribe([(t, 1) for t in topics]))
+                # a refused site is not served: another wake tries again; said, never silent
+                refused = {t for t, code in zip(topics, codes, strict=False) if self._check_granted(t, [code])}
+                self._subscribed |= {site for site in chunk if not refused & set(_site_topics(site))}
             if gained:
                 log.info("receiver tier: sites taken", member=membership.me, sites=len(gained))
                 self._unconfirmed.update(s for s in gained if s in self._durable)

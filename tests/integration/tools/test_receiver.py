@@ -88,3 +88,4 @@ def test_site_filter_ignores_other_sites() -> None:
     state = ReceiverState(site="resident")
     assert _feed(state, "gcmk/v1/hoftoren/events/intrusion", _event(1).to_json()) == []
     assert state.sites == {}
+
