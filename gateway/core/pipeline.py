@@ -31,7 +31,6 @@ from gateway.domain.event import Event, utcnow
 
 log = structlog.get_logger(__name__)
 
-CANCEL_GRACE = 5.0  # seconds a cancelled caller still waits for the sink's outcome of its step
 REFUSED_RETRY = 1.0  # seconds before the timer offers debounced changes again that the sink did not accept
 
 
@@ -94,25 +93,9 @@ class Pipeline:
         settled = asyncio.get_running_loop().create_future()
         for key in keys:
             self._inflight[key] = settled
-        # Shielded: a caller cancelled while the sink commits (a device stopped by a reload or at shutdown, a
-        # BACnet session torn down) must not roll back what the journal then holds, or the next reading would
-        # raise the same alarm again. The sink's outcome decides; the accept is awaited here on every path.
-        accepting = asyncio.ensure_future(self._sink.accept(step.batch))
-        accepting.add_done_callback(_retrieve)
         try:
-            accepted = await asyncio.shield(accepting)
-        except asyncio.CancelledError:
-            try:
-                if not accepting.done():
-                    await asyncio.wait({accepting}, timeout=CANCEL_GRACE)
-            finally:
-                if accepting.done() and not accepting.cancelled() and accepting.exception() is None:
-                    self.normaliser.commit(step)
-                else:  # refused, or still unknown after the grace: not consumed (offered again)
-                    accepting.cancel()
-                    self.normaliser.rollback(step)
-            raise
-        except BaseException:  # refused: not consumed (offered again)
+            accepted = await self._sink.accept(step.batch)
+        except BaseException:  # refused, or cancelled without knowing: not consumed (offered again)
             self.normaliser.rollback(step)
             raise
         else:
@@ -151,9 +134,3 @@ class Pipeline:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=REFUSED_RETRY)
-
-
-def _retrieve(task: asyncio.Future[Sequence[Event]]) -> None:
-    """Marks the outcome of an accept as seen, also one nobody waits for any more (no 'never retrieved')."""
-    if not task.cancelled():
-        task.exception()

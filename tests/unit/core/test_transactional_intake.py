@@ -300,29 +300,6 @@ def test_offer_many_rolled_back_also_undoes_a_debounce_it_started() -> None:
     assert norm.point_state("pir-01").condition == "normal"
 
 
-@pytest.mark.parametrize("refused", [False, True])
-async def test_a_caller_cancelled_while_the_sink_commits_gets_the_sinks_outcome(refused: bool) -> None:
-    """A device task stopped (reload, shutdown) while its step is being journaled: the journal's outcome decides.
-    Committed -> the normaliser keeps the alarm (rolling it back would raise it a second time on the next
-    reading); refused -> rolled back, offered again."""
-    sink = RefusingSink()
-    pipeline = Pipeline(Normaliser(SITE, epoch=T0), sink)
-    await pipeline.submit(_read("pir-01", 0, 0))
-    sink.gate.clear()
-    sink.refuse = 1 if refused else 0
-    caller = asyncio.create_task(pipeline.submit(_read("pir-01", 1, 1)))
-    await asyncio.wait_for(sink.held.wait(), 5)
-    caller.cancel()
-    sink.gate.set()
-    with pytest.raises(asyncio.CancelledError):
-        await caller
-    expected = "normal" if refused else "burglary"
-    assert pipeline.normaliser.point_state("pir-01").condition == expected
-    assert sink.of("pir-01") == ([] if refused else [("burglary", "alarm")])
-    await pipeline.submit(_read("pir-01", 1, 2))  # the next reading: an alarm only if it was not journaled
-    assert sink.of("pir-01") == [("burglary", "alarm")]
-
-
 async def test_the_timer_waits_for_a_step_holding_its_pending_points() -> None:
     """A reload's batch holds every point while it is journaled: a debounce falling due meanwhile is confirmed
     after it (under the config in force then), never journaled behind the reload's config_changed event."""
