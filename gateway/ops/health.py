@@ -11,10 +11,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from gateway.core.ports import Health, HealthReport
 from gateway.ops.http import Response
+
+# What generate_latest writes: the text format 0.0.4. Our lowest allowed prometheus-client (0.20) calls it
+# CONTENT_TYPE_LATEST; later ones moved that name to format 1.0.0 and call this one CONTENT_TYPE_PLAIN_0_0_4.
+TEXT_FORMAT_0_0_4 = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def readiness(components: Sequence[Health]) -> HealthReport:
@@ -37,7 +40,7 @@ class OperatorEndpoints:
         return {"/metrics": self.metrics, "/healthz": self.healthz, "/readyz": self.readyz}
 
     def metrics(self) -> Response:
-        return Response(200, generate_latest(self.registry), CONTENT_TYPE_PLAIN_0_0_4)
+        return Response(200, generate_latest(self.registry), TEXT_FORMAT_0_0_4)
 
     def healthz(self) -> Response:
         return Response(200, b"ok\n")  # answered by the event loop, so the process lives
