@@ -6,7 +6,9 @@ and the NULL-supervision task (a TaskGroup inside). Rules, from DC-09 and from w
 - one outstanding message per connection; `send` returns only on ACK (`Outcome.ACKED`) or DUH
   (`Outcome.DUH`: understood, not processed; never resent: panels that loop on DUH are a known failure);
 - no reply within `ack_timeout` -> the same frame again with the SAME sequence number, after reconnecting
-  with jittered exponential backoff; a reply for another sequence number is ignored;
+  with jittered exponential backoff; a reply for another sequence number or another account, and a plain
+  ACK on an encrypted path, is ignored (counted by reason through `on_ignored`): it is not the receiver's
+  confirmation of this frame;
 - NAK (the receiver's clock check failed) -> the clock offset becomes the receiver's time minus ours
   (bounded by `MAX_CLOCK_OFFSET`, logged) and the message goes again, with a new timestamp;
 - sequence numbers 0001..9999 then 0001; NULL messages (seq 0000) at the start and after `supervision`
@@ -113,6 +115,8 @@ class TransmitterStats:
     malformed_replies: int = 0
     malformed_by_kind: dict[str, int] = field(default_factory=dict)
     stale_replies: int = 0  # replies for another sequence number: ignored
+    foreign_replies: int = 0  # replies naming another account than the message's: ignored
+    unencrypted_acks: int = 0  # plain ACKs on an encrypted path (anyone on the wire can send one): ignored
     length_mismatches: int = 0  # replies whose length field was wrong (taken all the same: CRC decides)
     null_sent: int = 0
     null_acked: int = 0
@@ -233,6 +237,7 @@ class Transmitter(RunsInBackground):
         endpoint: Endpoint,
         *,
         on_link_change: Callable[[LinkState], None] | None = None,
+        on_ignored: Callable[[str], None] | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         first_seq: int = SEQ_MIN,
     ) -> None:
@@ -241,6 +246,7 @@ class Transmitter(RunsInBackground):
             raise ValueError(f"first_seq {first_seq} outside {SEQ_MIN}-{SEQ_MAX}")
         self._endpoint = replace(endpoint, account=endpoint.account.upper())
         self._on_link_change = on_link_change
+        self._on_ignored = on_ignored
         self._now = now
         self._seq = first_seq - 1  # the last message sequence number used; the next one is next_seq(_seq)
         self._link_conn: _Link | None = None
@@ -329,7 +335,7 @@ class Transmitter(RunsInBackground):
                 if seq == NULL_SEQ:
                     self._stats.null_sent += 1
                 async with asyncio.timeout(ep.ack_timeout):  # no task per frame, unlike wait_for on 3.11
-                    reply = await self._reply_for(conn, seq)
+                    reply = await self._reply_for(conn, seq, account)
             except TimeoutError:
                 self._stats.timeouts += 1
                 await self._failed(f"no reply to {token} seq {seq:04d} within {ep.ack_timeout} s")
@@ -341,7 +347,11 @@ class Transmitter(RunsInBackground):
                 self._answered(reply)
             return reply
 
-    async def _reply_for(self, conn: _Link, seq: int) -> Reply:
+    async def _reply_for(self, conn: _Link, seq: int, account: str) -> Reply:
+        """The first reply that answers this frame. Ignored (counted, logged once per kind): malformed ones,
+        those for another sequence number or another account, and a plain ACK on an encrypted path: only a
+        reply the receiver could have made counts as its confirmation (a NAK or DUH may be plain: a receiver
+        that cannot decrypt our frame cannot encrypt its answer)."""
         while True:
             raw = await conn.read()
             try:
@@ -354,7 +364,18 @@ class Transmitter(RunsInBackground):
                 self._log_once("length", f"reply length field does not match ({raw[:40]!r}); reply taken")
             if reply.seq is not None and reply.seq != seq and not (reply.kind is ReplyKind.NAK and reply.seq == 0):
                 self._stats.stale_replies += 1
+                self._ignored("stale")
                 log.info("dc09: ignored a %s for seq %04d while waiting for %04d", reply.kind, reply.seq, seq)
+                continue
+            if reply.account is not None and reply.account != account:
+                self._stats.foreign_replies += 1
+                self._ignored("foreign_account")
+                self._log_once("foreign", f"ignored a {reply.kind} for account {reply.account}, not {account}")
+                continue
+            if self._endpoint.key is not None and reply.kind in (ReplyKind.ACK, ReplyKind.RSP) and not reply.encrypted:
+                self._stats.unencrypted_acks += 1
+                self._ignored("unencrypted_ack")
+                self._log_once("unencrypted", f"ignored a plain {reply.kind} on an encrypted path ({raw[:40]!r})")
                 continue
             return reply
 
@@ -440,7 +461,12 @@ class Transmitter(RunsInBackground):
     def _count_malformed(self, kind: str, detail: str) -> None:
         self._stats.malformed_replies += 1
         self._stats.malformed_by_kind[kind] = self._stats.malformed_by_kind.get(kind, 0) + 1
+        self._ignored(kind)
         self._log_once(kind, f"malformed reply ignored: {detail}")
+
+    def _ignored(self, reason: str) -> None:
+        if self._on_ignored is not None:
+            self._on_ignored(reason)
 
     def _log_once(self, kind: str, text: str) -> None:
         if kind in self._logged:

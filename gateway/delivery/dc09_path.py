@@ -198,7 +198,9 @@ class Dc09Path:
         started = time.monotonic()
         try:
             first_seq = next_seq(last_message_seq) if last_message_seq else SEQ_MIN
-            async with self._make_transmitter(endpoint, on_link_change=self._link_changed, first_seq=first_seq) as tx:
+            async with self._make_transmitter(
+                endpoint, on_link_change=self._link_changed, on_ignored=self._reply_ignored, first_seq=first_seq
+            ) as tx:
                 self._tx = tx
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._watch(started))
@@ -206,6 +208,9 @@ class Dc09Path:
         finally:
             self._tx = None
             self._sending_since = None
+
+    def _reply_ignored(self, reason: str) -> None:
+        self.stats.replies_ignored[reason] = self.stats.replies_ignored.get(reason, 0) + 1
 
     def _link_changed(self, state: LinkState) -> None:
         self.stats.up = state.up

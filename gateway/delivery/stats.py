@@ -70,3 +70,4 @@ class PathStats:
     faults: int = 0  # path_fault alarms raised
     fault_active: bool = False
     cursor: int = 0  # every seq up to this one handled by the path
+    replies_ignored: dict[str, int] = field(default_factory=dict)  # by reason (gateway/dc09/transmitter.py)

@@ -398,6 +398,12 @@ def _path_metrics(site: str, paths: Sequence[PathStats]) -> Iterator[Metric]:
         ),
         "faults": CounterMetricFamily("gcmk_dc09_path_faults", "path_fault alarms raised", labels=labels),
     }
+    ignored = CounterMetricFamily(
+        "gcmk_dc09_replies_ignored",
+        "Replies not taken as the answer to the frame sent (malformed, another seq or account, a plain ACK on an"
+        " encrypted path), by reason",
+        labels=[*labels, "reason"],
+    )
     for stats in paths:
         key = [site, stats.receiver]
         families["up"].add_metric(key, float(stats.up))
@@ -411,7 +417,10 @@ def _path_metrics(site: str, paths: Sequence[PathStats]) -> Iterator[Metric]:
         families["duh"].add_metric(key, stats.duh)
         families["unmapped"].add_metric(key, stats.unmapped)
         families["faults"].add_metric(key, stats.faults)
+        for reason, count in sorted(stats.replies_ignored.items()):
+            ignored.add_metric([*key, reason], count)
     yield from families.values()
+    yield ignored
 
 
 def _add_histogram(family: HistogramMetricFamily, labels: list[str], buckets: Buckets) -> None:

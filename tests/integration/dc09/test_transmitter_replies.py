@@ -37,7 +37,7 @@ class Scripted:
                 token, seq = match[5].decode(), int(match[6])
                 self.frames.append((token, seq))
                 if token == "NULL":  # supervision (one NULL at the start): always answered, not scripted
-                    writer.write(ack(seq))
+                    writer.write(star_ack(seq) if match[4] else ack(seq))  # encrypted when the NULL was
                     await writer.drain()
                     continue
                 attempt = self.frames.count((token, seq))
@@ -83,21 +83,50 @@ def ack(seq: int, routing: bytes = b"L0#4711") -> bytes:
     return wrap(b'"ACK"%04d%s[]' % (seq, routing))
 
 
+def star_ack(seq: int, routing: bytes = b"L0#4711") -> bytes:
+    """An encrypted ACK as pysiaalarm builds it: pad, `]`, the receiver's time, AES-CBC with a zero IV."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    clear = ("]" + format_timestamp(datetime.now(UTC))).encode().rjust(32, b"0")
+    enc = Cipher(algorithms.AES(KEY), modes.CBC(bytes(16))).encryptor()
+    return wrap(b'"*ACK"%04d%s[%s' % (seq, routing, (enc.update(clear) + enc.finalize()).hex().upper().encode()))
+
+
 ALARM = Message("SIA-DCS", "4711", "Nri1/BA001")
 
 
 async def test_star_ack_without_bar_after_the_pad() -> None:
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
     def script(token: str, seq: int, attempt: int) -> list[bytes]:
-        clear = ("]" + format_timestamp(datetime.now(UTC))).encode().rjust(32, b"0")  # pysiaalarm-style pad
-        enc = Cipher(algorithms.AES(KEY), modes.CBC(bytes(16))).encryptor()
-        hex_text = (enc.update(clear) + enc.finalize()).hex().upper().encode()
-        return [wrap(b'"*ACK"%04dL0#4711[%s' % (seq, hex_text))]
+        return [star_ack(seq)]
 
     async with scripted(script) as (rx, port), Transmitter(endpoint(port, key=KEY)) as tx:
         assert await tx.send(ALARM) is Outcome.ACKED
         assert tx.stats.malformed_replies == 0 and rx.seqs() == [1]
+
+
+async def test_a_plain_ack_on_an_encrypted_path_is_not_the_receivers_confirmation() -> None:
+    """Anyone on the wire can write `"ACK"0001...`; the receiver that holds the key answers `*ACK`."""
+    ignored: list[str] = []
+
+    def script(token: str, seq: int, attempt: int) -> list[bytes]:
+        return [ack(seq), wrap(b'"ACK"')] if attempt == 1 else [star_ack(seq)]
+
+    async with scripted(script) as (rx, port), Transmitter(endpoint(port, key=KEY), on_ignored=ignored.append) as tx:
+        assert await tx.send(ALARM) is Outcome.ACKED
+        assert rx.seqs() == [1, 1]  # sent again after the timeout: the plain ACKs did not count
+        assert tx.stats.unencrypted_acks == 2 and ignored == ["unencrypted_ack", "unencrypted_ack"]
+
+
+async def test_an_ack_naming_another_account_is_not_a_confirmation() -> None:
+    ignored: list[str] = []
+
+    def script(token: str, seq: int, attempt: int) -> list[bytes]:
+        return [ack(seq, b"L0#4712")] if attempt == 1 else [ack(seq, b"L0#4711")]
+
+    async with scripted(script) as (rx, port), Transmitter(endpoint(port), on_ignored=ignored.append) as tx:
+        assert await tx.send(ALARM) is Outcome.ACKED
+        assert rx.seqs() == [1, 1]
+        assert tx.stats.foreign_replies == 1 and ignored == ["foreign_account"]
 
 
 async def test_bare_nak_without_time_resends_after_a_pause() -> None:
@@ -187,7 +216,7 @@ async def test_encrypted_frames_carry_the_account_and_a_utc_timestamp() -> None:
                 assert match is not None
                 if match[5] == b"SIA-DCS":
                     seen.append(raw)
-                writer.write(ack(int(match[6])))
+                writer.write(star_ack(int(match[6])))
                 await writer.drain()
         writer.close()
 

@@ -27,7 +27,7 @@ from gateway.core.histogram import Buckets
 from gateway.core.normaliser import Normaliser, NormaliserStats
 from gateway.core.ports import EventSink
 from gateway.delivery.sink import DeliverySink
-from gateway.delivery.stats import DeliveryStats
+from gateway.delivery.stats import DeliveryStats, PathStats
 from gateway.domain.event import Event, utcnow
 from gateway.ops.metrics import GatewayCollector, Sources
 from gateway.testing import CollectingSink
@@ -365,3 +365,17 @@ def test_histograms_come_from_the_owners_buckets_once_they_keep_them() -> None:
     assert registry.get_sample_value("gcmk_device_poll_duration_seconds_bucket", {**labels, "le": "0.1"}) == 1
     assert registry.get_sample_value("gcmk_device_poll_duration_seconds_sum", labels) == 0.05
     assert registry.get_sample_value("gcmk_event_delivery_latency_seconds_sum", {"site": "modbus-test"}) == 0.5
+
+
+def test_dc09_replies_ignored_are_counted_by_reason(tmp_path: Path) -> None:
+    """A reply not taken as the receiver's answer (malformed, another seq or account, a plain ACK on an encrypted
+    path) is counted per receiver and reason: a spoofed or misrouted ACK shows on the dashboard."""
+    path = PathStats("dc09:ats", "ats", replies_ignored={"unencrypted_ack": 2, "crc": 1})
+    registry = CollectorRegistry()
+    registry.register(GatewayCollector(Sources(site_of(_doc()), "h", NormaliserStats(), paths=[path])))
+
+    def ignored(reason: str) -> float | None:
+        labels = {"site": "modbus-test", "receiver": "ats", "reason": reason}
+        return registry.get_sample_value("gcmk_dc09_replies_ignored_total", labels)
+
+    assert (ignored("unencrypted_ack"), ignored("crc"), ignored("stale")) == (2.0, 1.0, None)

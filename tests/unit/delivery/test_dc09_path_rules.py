@@ -41,7 +41,13 @@ class FakeTransmitter:
     """The Transmitter contract: send returns only on ACK or DUH and retries internally while the receiver is down."""
 
     def __init__(
-        self, receiver: FakeReceiver, endpoint: Endpoint, *, on_link_change: Any = None, first_seq: int = 1
+        self,
+        receiver: FakeReceiver,
+        endpoint: Endpoint,
+        *,
+        on_link_change: Any = None,
+        on_ignored: Any = None,
+        first_seq: int = 1,
     ) -> None:
         self.receiver = receiver
         self.endpoint = endpoint
