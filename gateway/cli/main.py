@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from gateway import __version__
 from gateway.cli.commissioning import add_parsers as add_commissioning_parsers
 from gateway.cli.discover import add_parsers as add_onboarding_parsers
-from gateway.config.loader import load_site
+from gateway.config.loader import config_hash, load_site
 from gateway.config.models import SiteConfig
 from gateway.config.source import SiteSource
 from gateway.config.types import parse_duration
@@ -182,7 +182,10 @@ def _validate(args: argparse.Namespace) -> int:
             for problem in exc.problems:
                 print(problem)
             continue
-        print(f"{path}: ok ({site.site.id}: {len(site.devices)} devices, {len(site.points)} points)")
+        print(
+            f"{path}: ok ({site.site.id}: {len(site.devices)} devices, {len(site.points)} points;"
+            f" config hash {config_hash(path)})"
+        )
     if failed:
         print(f"{failed} of {len(args.files)} file(s) invalid", file=sys.stderr)
     return EXIT_INVALID if failed else EXIT_OK

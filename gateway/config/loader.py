@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import difflib
 import hashlib
+import json
 import operator
 import re
 import types
@@ -170,9 +171,18 @@ def site_json_schema() -> dict[str, Any]:
     return schema
 
 
-def config_hash(path: Path | str) -> str:
-    """Short hash of the config file as deployed, shown in the status document and a metric."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+def config_hash(path: Path | str, overlays: Sequence[Path | str | Overlay] = ()) -> str:
+    """Short hash of the config as deployed, shown in the status document and a metric: the site file's bytes
+    (alone: the first 16 hex digits of its `sha256sum`), then each overlay's bytes (a dict overlay, as in tests:
+    its canonical JSON), so that a change to an overlay (an endpoint, a port) is a new config too."""
+    digest = hashlib.sha256(Path(path).read_bytes())
+    for overlay in overlays:
+        digest.update(b"\0overlay\0")
+        if isinstance(overlay, Path | str):
+            digest.update(Path(overlay).read_bytes())
+        else:
+            digest.update(json.dumps(overlay, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
 
 
 # --- parsing ---------------------------------------------------------------------------------------------

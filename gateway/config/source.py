@@ -17,7 +17,7 @@ from gateway.domain.errors import ConfigError
 
 @dataclass(frozen=True)
 class LoadedSite:
-    """A validated site config and the hash of its file as deployed (status document, metric)."""
+    """A validated site config and the hash of its files as deployed, overlays included (status, metric)."""
 
     config: SiteConfig
     hash: str
@@ -41,7 +41,7 @@ def load_validated(site: Path | str, overlays: Sequence[Path | str | dict[str, o
     loaded: list[Overlay] = [load_overlay(o) if isinstance(o, Path | str) else o for o in overlays]
     config = load_site(site, loaded)
     try:
-        digest = config_hash(site)
+        digest = config_hash(site, overlays)
     except OSError as exc:  # replaced or removed between the two reads
         raise ConfigError([f"{site}: cannot read: {exc.strerror or exc}"]) from None
     return LoadedSite(config, digest)

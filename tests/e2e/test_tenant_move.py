@@ -242,7 +242,7 @@ async def test_a_tenant_moves_out_and_another_in_without_a_restart(tmp_path: Pat
         b.write_site(after(b.ports))
         await _reload_by_signal(b, lambda: bool(b.events(type="config_changed")))
         changed = b.events(type="config_changed")[0]
-        new_hash = config_hash(b.site_file)
+        new_hash = config_hash(b.site_file, [b.overlay])
         assert changed["text"].startswith(f"config {old_hash} -> {new_hash}: "), changed
         assert "2 point(s) removed (az-pir-2, az-pir-3)" in changed["text"]
         assert "1 device(s) added (panel-ezk)" in changed["text"]
