@@ -29,7 +29,7 @@ from gateway.core.normaliser import Normaliser
 from gateway.core.pipeline import Pipeline
 from gateway.core.ports import Adapter, DeviceMetrics, EventSink, Health, HealthReport
 from gateway.delivery.dc09_path import Dc09Path
-from gateway.delivery.stats import DeliveryStats
+from gateway.delivery.stats import JOURNAL_STALL, DeliveryStats
 from gateway.domain.errors import SiteConfigFault
 from gateway.domain.event import utcnow
 from gateway.ops.health import OperatorEndpoints
@@ -289,6 +289,8 @@ class Gateway:
             mqtt_connected=None if delivery is None else lambda: delivery.connected,
             undelivered=None if delivery is None else lambda: delivery.journal_depth,
             confirming=self.site.delivery.confirm == "meldkamer",
+            journal_stalled_for=None if delivery is None else delivery.journal_stalled_for,
+            journal_stall=JOURNAL_STALL,
         )
         supervision = SystemdSupervision(self.notifier, view, started=self.started, stopping=self.stopping)
         return tg.create_task(self.supervisor.run(supervision.name, supervision.run))

@@ -90,7 +90,10 @@ class HeartbeatDoc(_Doc):
     devices_online: int = Field(description="devices answering, counted only while their adapter runs")
     devices_total: int
     inputs_ok: bool = Field(description="every protocol adapter runs (false while one is down or restarting)")
-    journal_ok: bool = Field(description="the journal is writable (false after a failed write until one succeeds)")
+    journal_ok: bool = Field(
+        description="the journal is writable and keeps up (false after a failed write until one succeeds, and while"
+        " its thread has not finished a job for 5 s: a hung disk)"
+    )
     info_shed: int = Field(description="info events shed because of the journal's disk bound, in total")
 
 

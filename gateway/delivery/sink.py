@@ -43,7 +43,7 @@ from gateway.delivery.contract import ConfirmDoc, HeartbeatDoc, StatusDoc, confi
 from gateway.delivery.journal import PRUNE_CHUNK, CommitResult, Journal, Journaled, JournalError, Plan, parse_page
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.publisher import Publisher
-from gateway.delivery.stats import DeliveryStats
+from gateway.delivery.stats import JOURNAL_STALL, DeliveryStats
 from gateway.domain.event import Event, PointRef, SourceRef
 from gateway.domain.state import Batch, DeviceState, PointState
 from gateway.domain.taxonomy import EventState, EventType
@@ -59,6 +59,8 @@ PRUNE_INTERVAL = 600.0
 PRUNE_PAUSE = 4.0  # pause after each prune chunk, in multiples of the time the chunk took
 CLOSE_GRACE = 3.0
 FAULT_RETRY = 1.0  # seconds between the writer's own journal attempts while commits fail and nothing is queued
+PROBE_INTERVAL = 1.0  # seconds between the probes of the journal's thread
+HEARTBEAT_JOURNAL_WAIT = 1.0  # seconds a heartbeat waits for the journal's figures before it uses the last known
 
 
 @dataclass(slots=True)
@@ -201,6 +203,8 @@ class DeliverySink(RunsInBackground):
             )
         if not self.journal_writable:
             return HealthReport(False, "journal not writable" + (f": {self._fault.error}" if self._fault else ""))
+        if (stalled := self.stats.journal_stalled_for(time.monotonic())) >= JOURNAL_STALL:
+            return HealthReport(False, f"journal stalled: its thread has not answered for {stalled:.0f} s")
         return HealthReport(True, "mqtt connected, journal writable")
 
     # --- EventSink ---------------------------------------------------------------------------------------
@@ -239,6 +243,7 @@ class DeliverySink(RunsInBackground):
                 tg.create_task(self._pruner())
                 tg.create_task(self._confirmer())
                 tg.create_task(self._redeliverer())
+                tg.create_task(self._prober())
                 await self.publisher.run()  # returns after close() asked it to stop
                 raise _Stopped
         except* _Stopped:
@@ -479,6 +484,29 @@ class DeliverySink(RunsInBackground):
         if not self._committing:
             self._idle.set()
 
+    async def _prober(self) -> None:
+        """Proves that the journal's thread makes progress: a no-op job every PROBE_INTERVAL, queued behind
+        whatever it has to do. While one waits, `stats.journal_waiting_since` says since when: a disk that
+        hangs in fsync stalls every commit without failing one, and that must show (readiness, heartbeat
+        `journal_ok`, systemd's watchdog: gateway/ops/systemd.py) rather than look like a quiet building."""
+        loop = asyncio.get_running_loop()
+        while True:
+            since = self.stats.journal_waiting_since = time.monotonic()
+            probe = loop.run_in_executor(self._executor, time.monotonic)
+            stalled = False
+            while True:
+                try:
+                    await asyncio.wait_for(asyncio.shield(probe), JOURNAL_STALL)
+                    break
+                except TimeoutError:
+                    if not stalled:
+                        stalled = True
+                        log.error("journal_stalled", detail=f"its thread has not answered for {JOURNAL_STALL:g} s")
+            if stalled:
+                log.warning("journal_progressing_again", stalled_s=round(time.monotonic() - since, 1))
+            self.stats.journal_waiting_since = None
+            await asyncio.sleep(PROBE_INTERVAL)
+
     async def _marker(self) -> None:
         while True:
             await asyncio.sleep(MARK_INTERVAL)
@@ -685,11 +713,14 @@ class DeliverySink(RunsInBackground):
         )
 
     async def _heartbeat(self) -> HeartbeatDoc:
-        """Published even while the journal fails (then with journal_ok false and the last known age)."""
+        """Published even while the journal fails or stalls (then with journal_ok false and the last known age)."""
         now = time.time()
+        stalled = self.stats.journal_stalled_for(time.monotonic()) >= JOURNAL_STALL
         try:
-            oldest = await self._db(self._journal.oldest_undelivered_at)
-        except JournalError:
+            if stalled:  # its thread is stuck: do not queue behind it, the heartbeat must go out on time
+                raise JournalError("journal stalled")
+            oldest = await asyncio.wait_for(self._db(self._journal.oldest_undelivered_at), HEARTBEAT_JOURNAL_WAIT)
+        except (JournalError, TimeoutError):
             age = self.stats.oldest_undelivered_age
             oldest = None if age is None else now - age
         online, total = self._devices()
@@ -707,7 +738,7 @@ class DeliverySink(RunsInBackground):
             devices_online=online,
             devices_total=total,
             inputs_ok=self._inputs_ok(),
-            journal_ok=not self._write_failed,
+            journal_ok=not (self._write_failed or stalled),
             info_shed=self._journal.shed_total,
         )
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from gateway.core.histogram import LATENCY_BUCKETS, Buckets
 
+JOURNAL_STALL = 5.0  # seconds the journal's thread may take for a job before the journal counts as stalled
+
 
 @dataclass(slots=True)
 class DeliveryStats:
@@ -35,6 +37,9 @@ class DeliveryStats:
     journal_depth: int = 0  # events not yet acknowledged by the broker
     oldest_undelivered_age: float | None = None  # seconds
     last_seq: int = 0
+    # monotonic time since which the sink's probe waits for the journal's thread (None: it answered): a hung
+    # disk or fsync shows here, not only as a missing commit (gateway/delivery/sink.py `_prober`)
+    journal_waiting_since: float | None = None
     # meldkamer confirmation (delivery.confirm: meldkamer)
     published_seq: int = 0  # highest seq the broker acknowledged (PUBACK)
     confirmed_seq: int = 0  # every seq up to this one is confirmed by all required receivers
@@ -47,6 +52,11 @@ class DeliveryStats:
     # percentiles) and cumulative buckets of every sample since start (the Prometheus histogram)
     latency: deque[float] = field(default_factory=lambda: deque(maxlen=10_000), repr=False)
     latency_buckets: Buckets = field(default_factory=lambda: Buckets(LATENCY_BUCKETS), repr=False)
+
+    def journal_stalled_for(self, now: float) -> float:
+        """Seconds the journal's thread has not finished the probe (0 while it keeps up); `now` is monotonic."""
+        since = self.journal_waiting_since
+        return 0.0 if since is None else max(0.0, now - since)
 
     def observe_latency(self, seconds: float) -> None:
         self.latency.append(seconds)

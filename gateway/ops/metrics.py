@@ -255,6 +255,12 @@ class GatewayCollector:
             site,
             stats.journal_write_failures,
         )
+        yield _gauge(
+            "gcmk_journal_stalled_seconds",
+            "How long the journal's thread has not finished a job (0 while it keeps up): a disk hanging in fsync",
+            site,
+            stats.journal_stalled_for(time.monotonic()),
+        )
         yield _gauge("gcmk_journal_last_seq", "Highest seq assigned", site, stats.last_seq)
         yield _gauge("gcmk_mqtt_connected", "1 while the MQTT session is up", site, float(stats.connected))
         yield _counter("gcmk_mqtt_connects", "Successful MQTT connections", site, stats.connects)

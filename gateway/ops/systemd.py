@@ -3,7 +3,9 @@
 READY=1 once the journal is open and the inputs run -- whether or not the broker is reachable: from then on
 every alarm is journaled and will be delivered, so the building is covered (`/readyz` says whether it can
 deliver right now). WATCHDOG=1 comes from a task of the event loop itself, so a loop that is stuck (a
-blocking call, a busy callback) stops the pings and systemd restarts the service after `WatchdogSec=`.
+blocking call, a busy callback) stops the pings and systemd restarts the service after `WatchdogSec=`; and
+only while the journal's thread makes progress (`journal_stalled_for`): a disk that hangs in fsync takes no
+alarm, however lively the loop, so it stops the pings too once it has hung for half of `WatchdogSec=`.
 STATUS= (shown by `systemctl status`) is sent whenever it changes; STOPPING=1 as soon as shutdown begins.
 """
 
@@ -11,10 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import structlog
+
 from gateway.ops.sdnotify import SystemdNotifier
+
+log = structlog.get_logger(__name__)
 
 STATUS_INTERVAL = 1.0  # seconds between looks at the status line (sent only when it changed)
 
@@ -29,6 +36,8 @@ class ServiceView:
     mqtt_connected: Callable[[], bool] | None = None
     undelivered: Callable[[], int] | None = None
     confirming: bool = True
+    journal_stalled_for: Callable[[float], float] | None = None  # seconds, given time.monotonic(); None: no journal
+    journal_stall: float = 5.0  # from then on the status line says the journal is stalled
 
 
 def status_line(view: ServiceView) -> str:
@@ -41,6 +50,10 @@ def status_line(view: ServiceView) -> str:
     parts.append(f"devices online {online}/{total}")
     if view.undelivered is not None:
         parts.append(f"{view.undelivered()} events {'unconfirmed' if view.confirming else 'unacknowledged'}")
+    if view.journal_stalled_for is not None:
+        stalled = view.journal_stalled_for(time.monotonic())
+        if stalled >= view.journal_stall:
+            parts.append(f"JOURNAL STALLED for {stalled:.0f} s")
     return "; ".join(parts)
 
 
@@ -68,6 +81,10 @@ class SystemdSupervision:
         self._ping_every = watchdog / 2 if watchdog else None  # sd_watchdog_enabled(3): ping at half the interval
         self._tick = min(status_interval, self._ping_every) if self._ping_every else status_interval
 
+    def _journal_stalled(self, limit: float) -> bool:
+        stalled_for = self.view.journal_stalled_for
+        return stalled_for is not None and stalled_for(time.monotonic()) >= limit
+
     async def run(self) -> None:
         await self._started.wait()
         await asyncio.sleep(0)  # the input tasks created with ours have taken their first step
@@ -76,9 +93,16 @@ class SystemdSupervision:
         loop = asyncio.get_running_loop()
         next_ping = loop.time()
         stopping_sent = False
+        withheld = False
         while True:
             if self._ping_every is not None and loop.time() >= next_ping:
-                self.notifier.watchdog()
+                if self._journal_stalled(self._ping_every):
+                    if not withheld:
+                        log.error("watchdog_withheld", detail="the journal makes no progress: systemd will restart us")
+                    withheld = True
+                else:
+                    withheld = False
+                    self.notifier.watchdog()
                 next_ping = loop.time() + self._ping_every
             if self._stopping.is_set() and not stopping_sent:
                 stopping_sent = True

@@ -5,12 +5,16 @@ The adapters' side (readings offered again, no SimpleACK) is in tests/integratio
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import gateway.delivery.sink as sink_module
 from gateway.config.models import SiteConfig
-from gateway.delivery.journal import Journal
+from gateway.delivery.journal import Journal, Plan
 from gateway.delivery.sink import DeliverySink, journal_path
 from gateway.domain.errors import NotAccepted
 from gateway.domain.state import Batch
@@ -79,3 +83,47 @@ async def test_failed_marks_make_the_journal_unwritable_until_a_mark_succeeds(
             await collector.wait_for(journal_ok, 10)
             await wait_until(lambda: sink.stats.journal_depth == 0, what="the mark put back was written")
         assert _events(site) == [("fault", "alarm")]
+
+
+class HangingJournal(Journal):
+    """A disk that hangs in fsync: commits neither fail nor finish until `release` is set."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hanging = threading.Event()
+        self.release = threading.Event()
+
+    def write(self, plan: Plan) -> None:
+        if self.hanging.is_set():
+            self.release.wait(30)
+        super().write(plan)
+
+
+async def test_a_hung_journal_shows_in_readiness_and_heartbeats_which_keep_their_interval(
+    tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing fails, every commit just waits: that is no quiet building. Once the journal's thread has not
+    answered for JOURNAL_STALL, readiness says so and heartbeats go on, on time, with journal_ok false."""
+    monkeypatch.setattr(sink_module, "JOURNAL_STALL", 0.5)
+    site = site_config(tmp_path / "journal", mosquitto.url, supervision={"heartbeat_interval": "200ms"})
+    journal = HangingJournal(journal_path(site), site=site.site.id, max_bytes=site.journal.max_bytes, retention=3600)
+    sink = DeliverySink(site, config_hash="t", version="t", journal=journal)
+    collector = Collector(mosquitto.port)
+
+    def beats() -> list[dict[str, Any]]:
+        return [b.json() for b in collector.on("/heartbeat")]
+
+    async with running(sink=sink, collector=collector):
+        await sink.accept(Batch(events=(make_event(1),)))
+        await collector.wait_for(lambda: bool(beats()) and beats()[-1]["journal_ok"], 10)
+        journal.hanging.set()
+        waiting = asyncio.create_task(sink.accept(Batch(events=(make_event(2),))))
+        await wait_until(lambda: "journal stalled" in sink.health().detail, what="readiness says the journal hangs")
+        assert not sink.health().ok
+        stalled_at = len(beats())
+        await collector.wait_for(lambda: len(beats()) >= stalled_at + 4, 10)  # 4 more at 200 ms, none held up
+        assert not beats()[-1]["journal_ok"] and not waiting.done()
+        journal.release.set()
+        assert [e.seq for e in await waiting] == [2]
+        await collector.wait_for(lambda: beats()[-1]["journal_ok"], 10)
+        await wait_until(lambda: sink.health().ok, what="ready again")

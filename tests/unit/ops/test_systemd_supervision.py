@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 
+import pytest
+
 from gateway.ops.sdnotify import SystemdNotifier
 from gateway.ops.systemd import ServiceView, SystemdSupervision, status_line
 from tests.support.notify import NotifySocket, status_of
@@ -104,3 +106,29 @@ async def test_status_looks_do_not_add_watchdog_pings() -> None:
             except TimeoutError:
                 break
     assert sum(m == ["WATCHDOG=1"] for m in notify.messages) == 1, notify.messages
+
+
+async def test_a_stalled_journal_withholds_the_watchdog_pings_and_says_so() -> None:
+    """A disk that hangs in fsync takes no alarm however lively the loop: once the journal's thread has not
+    answered for half of WatchdogSec the pings stop (systemd restarts the service), and they resume with it."""
+    started, stopping = asyncio.Event(), asyncio.Event()
+    started.set()
+    stalled = [0.0]
+    view = ServiceView(lambda: (1, 1), journal_stalled_for=lambda _now: stalled[0], journal_stall=5.0)
+    with NotifySocket() as notify:
+        notifier = SystemdNotifier(notify.address, watchdog_interval=0.2)  # a ping every 0.1 s
+        supervision = SystemdSupervision(notifier, view, started=started, stopping=stopping, status_interval=0.01)
+        task = asyncio.create_task(supervision.run())
+        try:
+            await notify.until(lambda m: "READY=1" in m, 2)
+            await notify.until(lambda m: m == ["WATCHDOG=1"], 2)
+            stalled[0] = 6.0
+            status = await notify.until(lambda m: any("STALLED" in x for x in m), 2)
+            assert status_of(status) == "no MQTT link (stdout sink); devices online 1/1; JOURNAL STALLED for 6 s"
+            with pytest.raises(TimeoutError):  # 0.5 s: five ping intervals without a ping
+                await notify.until(lambda m: m == ["WATCHDOG=1"], 0.5)
+            stalled[0] = 0.0
+            await notify.until(lambda m: m == ["WATCHDOG=1"], 2)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
