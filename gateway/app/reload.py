@@ -15,10 +15,13 @@ whole reload: the old config keeps running, the problems are logged, `gcmk_confi
    retained status carries the new hash;
 3. the adapters start and stop the added, changed and removed devices one by one; the others never stop.
 
-Every applied reload, also one of an unchanged file, then renews the MQTT sessions (publisher and command
-processor): each ends cleanly and reconnects with the TLS files and password read again, so rotating them on
-disk needs a reload, not a restart. The new credentials are read once first: if they cannot be read the
-reload is refused and the running sessions are left alone.
+An applied reload, also one of an unchanged file, then renews the MQTT sessions (publisher and command
+processor) if what they authenticate with changed since they were last renewed (or since the start): the
+credential settings or the bytes of the TLS and password files (`credentials_fingerprint`). Each session ends
+cleanly and reconnects with the files read again, so rotating them on disk needs a reload, not a restart;
+a reload that changes no credential (a tenant move, an unchanged file, a POST /-/reload loop) leaves the
+sessions up. The new credentials are read once first: if they cannot be read the reload is refused and the
+running sessions are left alone.
 
 Reloads run one at a time, in the order asked, in this component's task (supervised like the others).
 """
@@ -48,7 +51,7 @@ from gateway.domain.errors import ConfigError, NotAccepted, SiteConfigFault
 from gateway.domain.event import Event, PointRef, SourceRef, utcnow
 from gateway.domain.state import Batch
 from gateway.domain.taxonomy import EventState, EventType
-from gateway.mqtt.client import ClientFactory
+from gateway.mqtt.client import ClientFactory, credentials_fingerprint
 from gateway.ops.http import Action, Response
 from gateway.ops.metrics import ReloadStats, site_hash
 
@@ -97,6 +100,7 @@ class Reloader:
         self.stats = ReloadStats(gateway.config_hash or site_hash(gateway.site))
         self._clock = clock
         self._queue: asyncio.Queue[asyncio.Future[ReloadOutcome] | None] = asyncio.Queue(QUEUED_MAX)
+        self._credentials = _fingerprint(gateway.site.mqtt)  # of the sessions' credentials (None: unknown)
 
     def request(self) -> None:
         """Ask for a reload (from a signal handler: returns at once; the outcome is logged)."""
@@ -155,14 +159,18 @@ class Reloader:
         if diff.restart:
             return await self._refused("the new site config needs a restart", diff.restart)
         renewing = self._renewing()
+        credentials = self._credentials
         if renewing:
             try:
                 await asyncio.to_thread(ClientFactory(new.mqtt).check)  # reads files: off the loop
             except ConfigError as exc:
                 return await self._refused("the MQTT credentials cannot be read", tuple(exc.problems))
+            credentials = await asyncio.to_thread(_fingerprint, new.mqtt)
+            if credentials is not None and credentials == self._credentials:
+                renewing = []  # the sessions already use exactly these: a renewal would only interrupt them
         if diff.kind == "none" and loaded.hash == old_hash:
             self.stats.succeeded(old_hash, time.time())
-            self._renew(renewing, new.mqtt)
+            self._renew(renewing, new.mqtt, credentials)
             log.info("config_reload_unchanged", config_hash=old_hash, mqtt_renewed=len(renewing))
             return ReloadOutcome(True, old_hash, "no change")
 
@@ -196,7 +204,7 @@ class Reloader:
         if isinstance(gateway.sink, ShowsConfigHash):
             gateway.sink.use_config_hash(loaded.hash)
         self.stats.succeeded(loaded.hash, time.time())
-        self._renew(renewing, new.mqtt)
+        self._renew(renewing, new.mqtt, credentials)
         await self._restart_devices(diff)
         log.info(
             "config_reload_applied", old_hash=old_hash, config_hash=loaded.hash, kind=diff.kind, diff=diff.summary()
@@ -207,10 +215,12 @@ class Reloader:
         parts = (self.gateway.sink, self.gateway.commands)
         return [part for part in parts if isinstance(part, RenewsMqtt)]
 
-    def _renew(self, parts: list[RenewsMqtt], mqtt: MqttConfig) -> None:
+    def _renew(self, parts: list[RenewsMqtt], mqtt: MqttConfig, credentials: str | None) -> None:
         """Each MQTT session ends cleanly and reconnects with the credentials as they are on disk now."""
         for part in parts:
             part.renew_mqtt(mqtt)
+        if parts:
+            self._credentials = credentials
 
     async def _restart_devices(self, diff: SiteDiff) -> None:
         devices = (*diff.devices_added, *diff.devices_changed, *diff.devices_removed)
@@ -254,3 +264,11 @@ class Reloader:
             detected_at=now,
             text=text[:TEXT_MAX],
         )
+
+
+def _fingerprint(mqtt: MqttConfig) -> str | None:
+    """The credentials' digest, or None if a file cannot be read now (then the next reload renews)."""
+    try:
+        return credentials_fingerprint(mqtt)
+    except OSError:
+        return None

@@ -11,12 +11,14 @@ retries with backoff like a refused connection.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
 import socket
 import ssl
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -70,6 +72,18 @@ def password(mqtt: MqttConfig) -> str | None:
             raise ConfigError([f"mqtt.password_env: environment variable {mqtt.password_env} is not set"])
         return value
     return None
+
+
+def credentials_fingerprint(mqtt: MqttConfig) -> str:
+    """A digest of what a connection would authenticate with now: the MQTT settings and the bytes of the TLS
+    and password files (and the password variable's value). Equal digests: renewing a session would change
+    nothing. Raises OSError when a file cannot be read. Never logged: it is derived from secrets."""
+    digest = hashlib.sha256(mqtt.model_dump_json().encode())
+    for path in (mqtt.tls.ca_file, mqtt.tls.cert_file, mqtt.tls.key_file, mqtt.password_file):
+        digest.update(b"\0" + (Path(path).read_bytes() if path is not None else b"-"))
+    if mqtt.password_env is not None:
+        digest.update(b"\0" + os.environ.get(mqtt.password_env, "").encode())
+    return digest.hexdigest()
 
 
 def backoff(failures: int) -> float:

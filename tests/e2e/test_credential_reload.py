@@ -87,8 +87,12 @@ async def test_sighup_reconnects_with_the_rotated_password_file(tmp_path: Path) 
 
                 # Mosquitto 2 also drops the connections whose password is no longer valid: the gateway may be
                 # reconnecting already (reading the file again) or still in its old session. Either way a
-                # SIGHUP gives a new session; a second one renews a session that is surely up.
-                for _ in range(2):
+                # SIGHUP gives a new session. A reload renews only when the files changed since the last
+                # renewal, so the file is written once more (same password, no newline) for a second SIGHUP
+                # that renews a session that is surely up.
+                for content in ("new-secret\n", "new-secret"):
+                    if secret.read_text() != content:
+                        secret.write_text(content)
                     before = online()
                     process.send_signal(signal.SIGHUP)
                     await collector.wait_for(lambda b=before: online() > b, 20)  # a new session: `online`

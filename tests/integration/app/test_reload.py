@@ -14,6 +14,7 @@ from pathlib import Path
 
 from gateway.app.reload import Reloader
 from gateway.app.service import Gateway
+from gateway.config.models import MqttConfig
 from gateway.config.source import SiteSource, load_validated
 from gateway.core.ports import Quality, Reading, ReadingSink
 from gateway.domain.errors import NotAccepted
@@ -195,4 +196,43 @@ async def test_a_device_restart_that_fails_after_the_reload_is_said_and_the_relo
         site_file.write_text(original, encoding="utf-8")
         status, second = await asyncio.to_thread(_post, f"http://127.0.0.1:{gateway.operator_port}")
         assert status == 200 and second["applied"], second  # the reloader still serves requests
+        gateway.stop()
+
+
+class RenewingSink(CollectingSink):
+    """A sink with an MQTT session: counts the renewals a reload asks for (gateway.app.reload.RenewsMqtt)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.renewals = 0
+
+    def renew_mqtt(self, mqtt: MqttConfig) -> None:
+        self.renewals += 1
+
+
+async def test_a_reload_renews_the_mqtt_sessions_only_when_their_credentials_changed(tmp_path: Path) -> None:
+    """Rotating the password file needs a reload; a reload that changes no credential (an unchanged file, a
+    tenant move, a loop of POST /-/reload) must not interrupt the sessions: each renewal is a reconnect, an
+    `offline` (reconnecting) at the meldkamer, and a window in which a command can be lost."""
+    site_file = tmp_path / "site.yaml"
+    original = MINIMAL_SITE.read_text(encoding="utf-8")
+    site_file.write_text(original, encoding="utf-8")
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("first\n", encoding="utf-8")
+    mqtt = {"mqtt": {"url": "mqtt://127.0.0.1:1", "insecure": True, "tls": None, "password_file": str(secret)}}
+    source = SiteSource(site_file, (OPERATOR_PORT_0, mqtt))
+    loaded = source.load()
+    sink = RenewingSink()
+    gateway = Gateway(loaded.config, sink, [Feed()], config_hash=loaded.hash)
+    reloader = gateway.reloader = Reloader(gateway, source)
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(gateway.run())
+        await asyncio.wait_for(gateway.started.wait(), 10)
+        assert (await reloader.reload()).applied and sink.renewals == 0  # unchanged file, same password
+        site_file.write_text(original.replace("name: Testgebouw", "name: Testgebouw (renamed)", 1), encoding="utf-8")
+        outcome = await reloader.reload()
+        assert outcome.applied and outcome.config_hash != loaded.hash and sink.renewals == 0  # metadata only
+        secret.write_text("second\n", encoding="utf-8")  # rotated on disk: the reload is how it takes effect
+        assert (await reloader.reload()).applied and sink.renewals == 1
+        assert (await reloader.reload()).applied and sink.renewals == 1  # and once only
         gateway.stop()
