@@ -207,7 +207,12 @@ class Reloader:
         self._renew(renewing, new.mqtt, credentials)
         await self._restart_devices(diff)
         log.info(
-            "config_reload_applied", old_hash=old_hash, config_hash=loaded.hash, kind=diff.kind, diff=diff.summary()
+            "config_reload_applied",
+            old_hash=old_hash,
+            config_hash=loaded.hash,
+            kind=diff.kind,
+            diff=diff.summary(),
+            mqtt_renewed=len(renewing),
         )
         return ReloadOutcome(True, loaded.hash, diff.summary())
 
