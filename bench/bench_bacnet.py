@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import gc
 import logging
 import multiprocessing as mp
 import statistics
@@ -290,6 +291,7 @@ async def main(
     only: str = "both",
     profile: str | None = None,
     rounds: int = 1,
+    gc_freeze: bool = True,
 ) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     per = DEVICES // processes
@@ -309,8 +311,11 @@ async def main(
             overlay["devices"].update(part["devices"])
         print(
             f"{DEVICES} devices x {POINTS_PER_DEVICE} binary inputs, simulated in {len(conns)} processes,"
-            f" {seconds:g} s per rate"
+            f" {seconds:g} s per rate{'' if gc_freeze else '; without gc.freeze()'}"
         )
+        if gc_freeze:  # as `gcmk-gateway run` does after loading its config (gateway/cli/main.py); both clients
+            gc.collect()
+            gc.freeze()
         for _round in range(rounds):  # alternating, so a change in the machine's load hits both
             if only in ("both", "raw"):
                 await raw_bacpypes3(overlay, conns, seconds, rates, profile)
@@ -332,8 +337,9 @@ if __name__ == "__main__":
         "--profile", metavar="FILE", help="cProfile this process while it measures (FILE.raw, FILE.adapter)"
     )
     parser.add_argument("--rounds", type=int, default=1, help="raw then adapter, this many times")
+    parser.add_argument("--no-gc-freeze", action="store_true", help="skip gc.freeze() (the gateway does it at start)")
     args = parser.parse_args()
     rates = tuple(int(r) for r in args.rates.split(","))
     print("loadavg at start:", Path("/proc/loadavg").read_text().strip(), flush=True)
-    asyncio.run(main(args.seconds, args.processes, rates, args.only, args.profile, args.rounds))
+    asyncio.run(main(args.seconds, args.processes, rates, args.only, args.profile, args.rounds, not args.no_gc_freeze))
     print("loadavg at end:", Path("/proc/loadavg").read_text().strip(), flush=True)
