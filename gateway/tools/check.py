@@ -127,16 +127,21 @@ class CheckReport:
 
 
 async def check_site(site: SiteConfig) -> CheckReport:
-    """Check every device of the site (each device's points in order; devices concurrently)."""
+    """Check every device of the site (each device's points in order; the BACnet devices and each Modbus bus
+    concurrently, the devices of one Modbus bus one after the other over one link, as the gateway polls them:
+    a serial line, or a converter port that takes a single connection, cannot be opened twice)."""
     report = CheckReport(site.site.id, [])
     results: dict[str, list[PointCheck]] = {}
+    buses: dict[str, list[ModbusDevice]] = {}
+    for device in site.devices:
+        if isinstance(device, ModbusDevice):
+            buses.setdefault(device.bus_key, []).append(device)
     async with asyncio.TaskGroup() as tg:
         bacnet = [d for d in site.devices if isinstance(d, BacnetDevice)]
         if bacnet:
             tg.create_task(_check_bacnet(site, bacnet, results, report.notes))
-        for device in site.devices:
-            if isinstance(device, ModbusDevice):
-                tg.create_task(_check_modbus(site, device, results))
+        for bus, devices in buses.items():
+            tg.create_task(_check_modbus_bus(site, bus, devices, results))
     for device in site.devices:
         report.points.extend(results.get(device.id, []))
     return report
@@ -335,34 +340,44 @@ def _recipient_text(destination: Any) -> str:
 # --- Modbus ------------------------------------------------------------------------------------------------
 
 
-async def _check_modbus(site: SiteConfig, device: ModbusDevice, results: dict[str, list[PointCheck]]) -> None:
-    link = ModbusLink(device.bus_key, device)
+async def _check_modbus_bus(
+    site: SiteConfig, bus: str, devices: list[ModbusDevice], results: dict[str, list[PointCheck]]
+) -> None:
+    spacing = max(d.inter_request_delay for d in devices)  # as the adapter spaces a shared line
+    link = ModbusLink(bus, devices[0].model_copy(update={"inter_request_delay": spacing}))
+    try:
+        for device in devices:
+            await _check_modbus(site, link, device, results)
+    finally:
+        link.close()
+
+
+async def _check_modbus(
+    site: SiteConfig, link: ModbusLink, device: ModbusDevice, results: dict[str, list[PointCheck]]
+) -> None:
     checks = results.setdefault(device.id, [])
     silent: str | None = None
     cov = f"n/a (Modbus: polled every {device.poll_interval:g}s)"
-    try:
-        for point in site.points_of(device.id):
-            assert isinstance(point.source, ModbusSource)
-            check = PointCheck(device.id, point.id, point.source.ref, readable=False, cov=cov, events="n/a")
-            checks.append(check)
-            if silent is not None:
-                check.why = silent
-                _judge(check, point)
-                continue
-            (block,) = plan_blocks([(point.id, point.source)], 0)
-            try:
-                values = await link.read(device, block.table, block.address, block.count)
-                check.raw = block.decode(values)[0][1]
-                check.readable = True
-            except ConfigurationFault as exc:
-                check.why = unavailable_reason(device, block.table, block.address, exc.code)
-            except (DeviceTimeout, DeviceUnreachable) as exc:
-                silent = check.why = f"device did not answer: {exc}"
-            except DeviceError as exc:
-                check.why = str(exc)
+    for point in site.points_of(device.id):
+        assert isinstance(point.source, ModbusSource)
+        check = PointCheck(device.id, point.id, point.source.ref, readable=False, cov=cov, events="n/a")
+        checks.append(check)
+        if silent is not None:
+            check.why = silent
             _judge(check, point)
-    finally:
-        link.close()
+            continue
+        (block,) = plan_blocks([(point.id, point.source)], 0)
+        try:
+            values = await link.read(device, block.table, block.address, block.count)
+            check.raw = block.decode(values)[0][1]
+            check.readable = True
+        except ConfigurationFault as exc:
+            check.why = unavailable_reason(device, block.table, block.address, exc.code)
+        except (DeviceTimeout, DeviceUnreachable) as exc:
+            silent = check.why = f"device did not answer: {exc}"
+        except DeviceError as exc:
+            check.why = str(exc)
+        _judge(check, point)
 
 
 def exit_code(report: CheckReport) -> int:

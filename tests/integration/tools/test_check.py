@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pymodbus.simulator import DataType, SimData, SimDevice
 
 from gateway.cli.main import main
 from gateway.tools.check import check_site
 from simulators.bacnet_sim import free_udp_port
 from simulators.control import Fault
+from simulators.modbus.server import FaultyServer
 from simulators.modbus_sim import ModbusSiteSimulator
 from tests.support.bacnet_site import bacnet_point, bacnet_site, simulated
 from tests.support.logs import configured_logging
@@ -184,3 +186,25 @@ async def test_simulated_modbus_ok_then_silent_device_makes_every_point_unreadab
         assert len(sim.requests("d")) <= 3  # one timeout, then the rest are not asked again
     finally:
         await sim.stop()
+
+
+async def test_modbus_units_on_one_line_are_checked_over_one_connection() -> None:
+    """Units behind one serial-to-Ethernet converter port (or on one serial line) share the line: check reads
+    them one after the other over one link, as the gateway polls them. A second connection at once would be
+    refused by many converters, and a serial port cannot be opened twice."""
+    bits = [SimData(0, count=8, values=False, datatype=DataType.BITS)]
+    registers = [SimData(0, count=8, values=0, datatype=DataType.REGISTERS)]
+    units = [SimDevice(id=unit, simdata=(bits, bits, registers, registers)) for unit in (1, 2)]
+    server = FaultyServer(units, rtu=True)
+    await server.serve_forever(background=True)
+    try:
+        line = {"transport": "rtu_over_tcp", "port": server.port}
+        doc = site_doc(
+            [device("u1", unit_id=1, **line), device("u2", unit_id=2, **line)],
+            [point("in-1", "u1", "discrete_input", 1), point("in-2", "u2", "discrete_input", 2)],
+        )
+        report = await check_site(site_of(doc))
+        assert [(p.point, p.readable) for p in report.points] == [("in-1", True), ("in-2", True)], report.table()
+        assert server.connections_made == 1 and server.max_in_flight == 1
+    finally:
+        await server.stop()
