@@ -202,3 +202,25 @@ async def test_an_unreadable_or_wrong_key_file_stops_with_the_config_path(tmp_pa
             assert info.value.path == "dc09.receivers[0].key_file"
         finally:
             await host.close()
+
+
+async def test_the_backlog_count_is_paced_by_what_it_costs_the_journal_thread(tmp_path: Path) -> None:
+    """The count scans the path's backlog on the journal's thread, where alarms are committed; after a long
+    outage that scan is slow. Its refresh waits BACKLOG_PACING times as long as the scan took, instead of
+    running every watch interval (0.25 s here) whatever it costs."""
+    receiver = FakeReceiver()
+    async with running(tmp_path, receiver) as (host, _path):
+        scans: list[float] = []
+        plain = host.journal_call
+
+        async def journal_call(fn: Any, *args: Any) -> Any:
+            if fn == host.journal.path_backlog:
+                scans.append(time.monotonic())
+                await asyncio.sleep(0.1)  # a slow scan: the gauge waits 2 s for the next one
+            return await plain(fn, *args)
+
+        host.journal_call = journal_call  # type: ignore[method-assign]
+        await wait_until(lambda: len(scans) >= 1, 5)
+        watching = time.monotonic()
+        await asyncio.sleep(1.5)  # the span measured: 4-5 scans without pacing (every 0.25 + 0.1 s), 1 with it
+        assert len([t for t in scans if t > watching]) <= 1, scans
