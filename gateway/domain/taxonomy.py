@@ -78,7 +78,10 @@ TYPES: dict[EventType, TypeInfo] = {
     EventType.DOOR_HELD_OPEN: TypeInfo(Category.ACCESS, 3, "426", "DN", "DR"),
     EventType.ACCESS_DENIED: TypeInfo(Category.ACCESS, 4, "421", "DD", None),
     EventType.ACCESS_GRANTED: TypeInfo(Category.ACCESS, 5, "422", "DG", None),
-    EventType.FAULT: TypeInfo(Category.TECHNICAL, 3, "300", "YP", "YQ"),
+    # A point's technical fault (a detector line's "storing"): Contact ID 300 "system trouble"; SIA YX "service
+    # required" / YZ "service completed", the SIA codes of Contact ID 300 in the receivers' mapping tables
+    # (pysiaalarm's adm_mapping: 300 -> YX/YZ). YP/YQ, used before, say "power supply trouble".
+    EventType.FAULT: TypeInfo(Category.TECHNICAL, 3, "300", "YX", "YZ"),
     EventType.POWER_LOSS: TypeInfo(Category.TECHNICAL, 4, "301", "AT", "AR"),
     EventType.LOW_BATTERY: TypeInfo(Category.TECHNICAL, 4, "302", "YT", "YR"),
     EventType.COMM_LOSS: TypeInfo(Category.SUPERVISION, 2, "350", "YC", "YK"),
@@ -92,7 +95,10 @@ TYPES: dict[EventType, TypeInfo] = {
     EventType.ARMED: TypeInfo(Category.INTRUSION, 5, "401", "CL", None),
     EventType.DISARMED: TypeInfo(Category.INTRUSION, 5, "401", "OP", None),
     EventType.PERIODIC_TEST: TypeInfo(Category.SUPERVISION, 5, "602", "RP", None),
-    EventType.INFO_SHED: TypeInfo(Category.SUPERVISION, 3, "354", "YK", None),
+    # The journal reached its disk bound and sheds info events (alarm) / is below it again (restore): Contact ID
+    # 624 "event log overflow", SIA JO "log overflow" (the mapping tables: 624 -> JO). 354 / YK, used before,
+    # say "failure to communicate" / "communications restoral": a path's fault, not the log's.
+    EventType.INFO_SHED: TypeInfo(Category.SUPERVISION, 3, "624", "JO", None),
     # The gateway's own journal could not be written (disk full, I/O error, read-only): Contact ID 300 "system
     # trouble" (the table has no code for a storage fault; 354 and 624 "event log overflow" mean something
     # else), SIA YX "service required" / YZ "service completed" (YP/YQ would say power supply).
