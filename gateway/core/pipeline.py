@@ -13,6 +13,16 @@ durable. While a step awaits the sink, no other step may touch the points or dev
 would undo that one's base): a reading or status for them waits until the first is settled. Readings of one
 point come from one adapter task in order anyway; what this keeps apart is the debounce timer and a device's
 status from its points' readings.
+
+A caller stopped while its step is with the sink (a device restarted by a reload, the shutdown, a BACnet
+session torn down) does not decide the step: the sink does. `accept` runs as a task of its own that the
+caller's cancellation does not reach, and the step is committed or rolled back when that task ends, by its
+outcome; the caller waits up to CANCEL_GRACE for it (through repeated cancels: the adapters' stop and the
+shutdown insist) and then re-raises its CancelledError. Rolling the step back on the cancel alone, as this
+once did, raised the same alarm a second time when the journal took the batch all the same (a commit under
+way completes; DeliverySink also commits what is queued): the next reading of the point was a change again.
+Should the sink not have decided within the grace (a disk that hangs), the caller leaves and the step stays
+held until it does: a reading of its points waits, and is then judged against the state the journal holds.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from gateway.domain.event import Event, utcnow
 
 log = structlog.get_logger(__name__)
 
+CANCEL_GRACE = 5.0  # seconds a cancelled caller still waits for the sink's outcome of its step (as DRAIN_GRACE)
 REFUSED_RETRY = 1.0  # seconds before the timer offers debounced changes again that the sink did not accept
 
 
@@ -41,6 +52,7 @@ class Pipeline:
         self._clock = clock
         self._wake = asyncio.Event()
         self._inflight: dict[Key, asyncio.Future[None]] = {}  # keys of steps awaiting the sink: done when settled
+        self._accepting: set[asyncio.Task[Sequence[Event]]] = set()  # the sink's accepts under way (owned here)
         self.accepted = 0  # events durably accepted through this pipeline
 
     async def submit(self, reading: Reading) -> None:
@@ -90,23 +102,57 @@ class Pipeline:
         if not step.batch:
             return ()
         keys = (*step.keys, *hold)
-        settled = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        settled: asyncio.Future[None] = loop.create_future()
         for key in keys:
             self._inflight[key] = settled
+        accepting = loop.create_task(self._sink.accept(step.batch))
+        self._accepting.add(accepting)
+        # Registered first: the step is settled before anyone awaiting `accepting` resumes.
+        accepting.add_done_callback(lambda done: self._settle(step, keys, settled, done))
+        cancelled: asyncio.CancelledError | None = None
+        deadline: float | None = None
+        while not accepting.done():
+            try:
+                # asyncio.wait never cancels what it waits for: the caller's cancel stops here, not the sink
+                await asyncio.wait({accepting}, timeout=None if deadline is None else deadline - loop.time())
+            except asyncio.CancelledError as exc:  # stopped: the sink's outcome still decides (module docstring)
+                cancelled = exc
+                if deadline is None:
+                    deadline = loop.time() + CANCEL_GRACE
+            if deadline is not None and loop.time() >= deadline and not accepting.done():
+                log.error(
+                    "step_outcome_unknown",
+                    grace_s=CANCEL_GRACE,
+                    detail="a stopped caller left before the sink decided; its points wait for the outcome",
+                )
+                break
+        if cancelled is not None:
+            raise cancelled
+        return accepting.result()  # NotAccepted (rolled back) is raised here
+
+    def _settle(
+        self, step: Step, keys: tuple[Key, ...], settled: asyncio.Future[None], done: asyncio.Task[Sequence[Event]]
+    ) -> None:
+        """The sink's outcome of a step, whoever still waits for it: durable -> committed, refused (or the accept
+        cancelled: never by a caller) -> rolled back, offered again. Then its keys are free."""
+        self._accepting.discard(done)
         try:
-            accepted = await self._sink.accept(step.batch)
-        except BaseException:  # refused, or cancelled without knowing: not consumed (offered again)
-            self.normaliser.rollback(step)
-            raise
-        else:
-            self.normaliser.commit(step)
+            error = None if done.cancelled() else done.exception()  # retrieved: never an unretrieved warning
+            if done.cancelled() or error is not None:
+                self.normaliser.rollback(step)
+                if self.normaliser.next_due() is not None:
+                    self._wake.set()  # a pending change restored
+                if error is not None and not isinstance(error, NotAccepted):  # a bug: said even if no one waits
+                    log.error("sink_accept_failed", error=repr(error))
+            else:
+                self.normaliser.commit(step)
+                self.accepted += len(done.result())
         finally:
             for key in keys:
                 if self._inflight.get(key) is settled:
                     del self._inflight[key]
             settled.set_result(None)
-        self.accepted += len(accepted)
-        return accepted
 
     async def run_debounce_timer(self) -> None:
         """Runs until cancelled: sleeps until the next debounce deadline or until a reading sets one."""

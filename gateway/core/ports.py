@@ -98,7 +98,9 @@ class EventSink(Protocol):
 
     async def accept(self, batch: Batch) -> Sequence[Event]:
         """Durably accept a batch; returns its events with `seq` assigned, in order. Raises NotAccepted
-        (JournalError) when the batch is not durable."""
+        (JournalError) when the batch is not durable. The pipeline runs it as a task of its own that a stopped
+        caller does not cancel (gateway/core/pipeline.py): it must end by itself, with the batch durable or
+        refused (DeliverySink fails what is still queued when it stops)."""
 
     async def run(self) -> None:
         """The sink's long-running work (delivery); returns only when cancelled."""

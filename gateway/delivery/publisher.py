@@ -209,8 +209,7 @@ class Publisher:
                 break
             if error is None and self._renew.is_set():
                 continue  # renewed: connect again at once
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), backoff(failures))
+            await _wait(self._wake, backoff(failures))
 
     def _session(self, *, v5: bool, probing: bool) -> Session[Outgoing]:
         """A new session with the credentials as they are on disk now (CredentialsUnreadable: counted)."""
@@ -439,8 +438,7 @@ class Publisher:
                 await self._publish_wait(session, self._heartbeat_topic, doc.to_json(), False, self._heartbeat_props)
                 self._stats.heartbeats += 1
                 due = max(due + interval, loop.time())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._status_changed.wait(), max(0.0, due - loop.time()))
+            await _wait(self._status_changed, due - loop.time())
 
     async def _pump(self, session: Session[Outgoing]) -> None:
         """Publishes the outbox through the bounded window, without a task or awaitable per message: each PUBACK
@@ -482,6 +480,22 @@ class Publisher:
         if stats.refused_topics:
             self._accepted(item.topic)
         self._outbox.acked(item)
+
+
+async def _wait(event: asyncio.Event, within: float) -> None:
+    """`event.wait()` for at most `within` seconds, and a cancellation always ends it.
+
+    Not `asyncio.wait_for(event.wait(), timeout)`: on Python 3.11 that swallows a cancellation arriving in
+    the loop iteration in which the event was set (its inner task is done: it returns the result instead of
+    raising). That hung every renewal that a reload asked: the reloader calls `status_changed()` (new config
+    hash) and `renew()` in one go, so `_beat`'s wait ended in the very iteration in which `_serve` cancelled
+    it; when nothing was in flight, `_settle` returned at once and `_serve`'s second cancel landed in the same
+    window, both were swallowed, `_beat` went on beating for ever and `_serve`'s TaskGroup waited for it: no
+    DISCONNECT, no new session, and the pump (cancelled) published nothing more. `asyncio.timeout` counts
+    cancellation requests (`Task.cancelling`) and only turns its own into TimeoutError."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(0.0, within)):
+            await event.wait()
 
 
 def _refuses_v5(error: BaseException) -> bool:

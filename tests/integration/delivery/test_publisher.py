@@ -475,3 +475,24 @@ async def test_a_renewal_lets_the_window_be_acknowledged_then_reconnects_cleanly
     assert sorted(texts()) == sorted(f"n={i}" for i in range(20)), "each event exactly once"
     assert "mqtt_session_renewing" in [e["event"] for e in logs]
     assert sink.stats.connect_errors == 0 and not errors(logs)
+
+
+async def test_a_reloads_status_change_and_renewal_together_with_nothing_in_flight_reconnect(tmp_path: Path) -> None:
+    """What a reload does, in one go: the retained status must be published again (new config hash) and the
+    session renewed, while no publish awaits its PUBACK. The heartbeat task's wait for the status change ends
+    in the loop iteration in which the session cancels it (twice: `_settle` has nothing to wait for); on
+    Python 3.11 `asyncio.wait_for` swallowed both cancels, the heartbeat task went on for ever, the session
+    never ended and nothing was published any more (tests/e2e/test_tenant_move.py under CPU load)."""
+    with Mosquitto(tmp_path / "broker") as broker:
+        site = site_config(tmp_path / "journal", broker.url)
+        sink = sink_for(site)
+        async with running(sink):
+            await wait_until(lambda: sink.stats.connected and sink.stats.heartbeats >= 1, 10, what="up")
+            old = sink.publisher.session
+            assert old is not None
+            await wait_until(lambda: not old.inflight, 5, what="nothing in flight")
+            sink.use_config_hash("beef")  # as gateway/app/reload.py: the new hash, then the renewal
+            sink.renew_mqtt(site.mqtt)
+            await wait_until(lambda: sink.stats.connects == 2 and sink.stats.connected, 10, what="renewed")
+            await sink.accept(Batch(events=(make_event(1),)))
+            await wait_until(lambda: sink.stats.published == 1, 10, what="published on the new session")

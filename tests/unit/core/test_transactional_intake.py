@@ -12,9 +12,11 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 import pytest
+import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.core import pipeline as pipeline_module
 from gateway.core.normaliser import Normaliser, Step
 from gateway.core.pipeline import Pipeline
 from gateway.core.ports import DeviceStatus, Quality
@@ -298,6 +300,79 @@ def test_offer_many_rolled_back_also_undoes_a_debounce_it_started() -> None:
     norm.rollback(step)
     assert norm.next_due() is None, "the debounce the refused hand-over started is undone"
     assert norm.point_state("pir-01").condition == "normal"
+
+
+@pytest.mark.parametrize("refused", [False, True])
+async def test_a_caller_cancelled_while_the_sink_commits_gets_the_sinks_outcome(refused: bool) -> None:
+    """A device task stopped (reload, shutdown) while its step is being journaled: the journal's outcome decides.
+    Committed -> the normaliser keeps the alarm (rolling it back would raise it a second time on the next
+    reading); refused -> rolled back, offered again."""
+    sink = RefusingSink()
+    pipeline = Pipeline(Normaliser(SITE, epoch=T0), sink)
+    await pipeline.submit(_read("pir-01", 0, 0))
+    sink.gate.clear()
+    sink.refuse = 1 if refused else 0
+    caller = asyncio.create_task(pipeline.submit(_read("pir-01", 1, 1)))
+    await asyncio.wait_for(sink.held.wait(), 5)
+    caller.cancel()
+    sink.gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    expected = "normal" if refused else "burglary"
+    assert pipeline.normaliser.point_state("pir-01").condition == expected
+    assert sink.of("pir-01") == ([] if refused else [("burglary", "alarm")])
+    await pipeline.submit(_read("pir-01", 1, 2))  # the next reading: an alarm only if it was not journaled
+    assert sink.of("pir-01") == [("burglary", "alarm")]
+
+
+async def test_repeated_cancels_do_not_cut_a_callers_wait_for_the_sinks_outcome() -> None:
+    """The adapters' stop and the shutdown cancel again every second while a task is left (a cancel swallowed
+    in a library, Python 3.11): each further cancel must not turn the wait into a rollback."""
+    sink = RefusingSink()
+    pipeline = Pipeline(Normaliser(SITE, epoch=T0), sink)
+    await pipeline.submit(_read("pir-01", 0, 0))
+    sink.gate.clear()
+    caller = asyncio.create_task(pipeline.submit(_read("pir-01", 1, 1)))
+    await asyncio.wait_for(sink.held.wait(), 5)
+    for _ in range(3):
+        caller.cancel()
+        await asyncio.sleep(0)  # one loop iteration, so that each cancel arrives on its own (not a delay)
+    assert not caller.done(), "still waiting for the sink's outcome"
+    sink.gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(caller, 5)
+    await pipeline.submit(_read("pir-01", 1, 2))
+    assert sink.of("pir-01") == [("burglary", "alarm")], "journaled once, not rolled back and raised again"
+    assert pipeline.accepted == 1
+
+
+@pytest.mark.parametrize("refused", [False, True])
+async def test_a_caller_that_leaves_after_the_grace_leaves_the_step_to_the_sinks_outcome(
+    refused: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sink that has not decided within CANCEL_GRACE (a disk that hangs): the stopped caller leaves, but the step
+    is neither committed nor rolled back by guess. Its point stays held: the next reading waits and is judged
+    against what the sink decided (journaled: no second alarm; refused: rolled back, the alarm again)."""
+    monkeypatch.setattr(pipeline_module, "CANCEL_GRACE", 0.05)
+    sink = RefusingSink()
+    pipeline = Pipeline(Normaliser(SITE, epoch=T0), sink)
+    await pipeline.submit(_read("pir-01", 0, 0))
+    sink.gate.clear()
+    sink.refuse = 1 if refused else 0
+    caller = asyncio.create_task(pipeline.submit(_read("pir-01", 1, 1)))
+    await asyncio.wait_for(sink.held.wait(), 5)
+    with structlog.testing.capture_logs() as logs:
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(caller, 5)  # gone after the grace, the sink still holding the batch
+    assert [e["event"] for e in logs] == ["step_outcome_unknown"]
+    assert sink.held.is_set() and not sink.events
+    following = asyncio.create_task(pipeline.submit(_read("pir-01", 1, 2)))
+    sink.gate.set()
+    await asyncio.wait_for(following, 5)
+    alarms = [e.occurred_at for e in sink.events if e.point.id == "pir-01"]
+    assert alarms == ([_at(2)] if refused else [_at(1)]), "one alarm: the stopped caller's if it was journaled"
+    assert pipeline.normaliser.point_state("pir-01").condition == "burglary"
 
 
 async def test_the_timer_waits_for_a_step_holding_its_pending_points() -> None:
