@@ -9,12 +9,12 @@ on: device_offline (no answer, not connected), verification_mismatch (the read-b
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from gateway.config.models import BacnetSource, ModbusSource, PointAction, PointConfig
+from gateway.core.lifecycle import wait_event
 from gateway.domain.errors import DeviceError, DeviceTimeout, DeviceUnreachable, VerificationFailed
 
 RESTORE_TIMEOUT = 10.0  # a pulse's restore (relock) is attempted even when the command is cancelled
@@ -174,8 +174,7 @@ async def _pulse(write: _Write, value: object, restore: object, seconds: float, 
         raise
     started = asyncio.get_running_loop().time()
     try:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(release.wait(), seconds)
+        await wait_event(release, seconds)  # a cancel ends the hold: the door relocks now
     finally:
         await _restore(write, value, restore)
     return asyncio.get_running_loop().time() - started

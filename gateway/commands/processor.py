@@ -42,6 +42,7 @@ from gateway.commands.stats import CommandStats
 from gateway.commands.store import CommandStore, CommandStoreError, store_path
 from gateway.config.models import DOOR_ACTIONS, MqttConfig, PointAction, PointConfig, SiteConfig
 from gateway.core.events import make_event
+from gateway.core.lifecycle import wait_event
 from gateway.core.ports import EventSink, Replayer
 from gateway.domain.event import Event, PointRef, SourceRef, utcnow
 from gateway.domain.state import Batch
@@ -226,8 +227,7 @@ class CommandProcessor:
                 self.subscribed.clear()
             if renewed:
                 continue
-            with contextlib.suppress(TimeoutError):  # a renew_mqtt ends the wait
-                await asyncio.wait_for(self._renew.wait(), backoff(failures))
+            await wait_event(self._renew, backoff(failures))  # a renew_mqtt ends the wait
 
     async def drain(self, within: float = DRAIN_TIMEOUT) -> None:
         """The first step of every shutdown: take no more commands, and let each running one finish or

@@ -80,3 +80,18 @@ class RunsInBackground:
         finally:
             self.__task.cancel()
         await self.__group.__aexit__(*exc_info)
+
+
+async def wait_event(event: asyncio.Event, within: float) -> bool:
+    """`event.wait()` for at most `within` seconds: True if it was set, False after the timeout; a cancellation
+    always ends it. Use it instead of `asyncio.wait_for(event.wait(), timeout)`, which on Python 3.11 swallows
+    a cancellation that arrives in the loop iteration in which the event was set (its inner task is already
+    done: it returns the result instead of raising). A loop around such a wait then survives the cancel and
+    whoever awaits the task waits for ever: that hung the publisher's renewal on a reload (gateway/delivery/
+    publisher.py). `asyncio.timeout` counts cancellation requests and turns only its own into TimeoutError."""
+    try:
+        async with asyncio.timeout(max(0.0, within)):
+            await event.wait()
+    except TimeoutError:
+        return event.is_set()
+    return True

@@ -28,12 +28,12 @@ held until it does: a reading of its points waits, and is then judged against th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
 import structlog
 
+from gateway.core.lifecycle import wait_event
 from gateway.core.normaliser import Key, Normaliser, Step, point_key
 from gateway.core.ports import DeviceStatus, EventSink, Reading
 from gateway.domain.errors import NotAccepted
@@ -163,12 +163,8 @@ class Pipeline:
                 await self._wake.wait()
                 continue
             delay = (due - self._clock()).total_seconds()
-            if delay > 0:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
-                    continue  # something new arrived: recompute the deadline
-                except TimeoutError:
-                    pass
+            if delay > 0 and await wait_event(self._wake, delay):
+                continue  # something new arrived: recompute the deadline
             pending = self.normaliser.pending_keys()
             if any(key in self._inflight for key in pending):  # e.g. a reload's batch holding every point
                 await self._settled(pending)  # then confirmed under the config in force after it
@@ -178,5 +174,4 @@ class Pipeline:
             except NotAccepted as exc:  # rolled back: still pending, and due; not in a tight loop
                 log.warning("debounced changes not accepted; offered again", error=str(exc), in_s=REFUSED_RETRY)
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=REFUSED_RETRY)
+                await wait_event(self._wake, REFUSED_RETRY)

@@ -161,7 +161,8 @@ class _TcpLink:
     async def close(self) -> None:
         self._writer.close()
         with contextlib.suppress(OSError, TimeoutError):
-            await asyncio.wait_for(self._writer.wait_closed(), 1.0)
+            async with asyncio.timeout(1.0):
+                await self._writer.wait_closed()
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
@@ -411,7 +412,8 @@ class Transmitter(RunsInBackground):
         self._connected_before = True
         opener = _TcpLink.open if ep.transport == "tcp" else _UdpLink.open
         try:
-            self._link_conn = await asyncio.wait_for(opener(ep.host, ep.port), ep.connect_timeout or ep.ack_timeout)
+            async with asyncio.timeout(ep.connect_timeout or ep.ack_timeout):  # not wait_for: a cancel always ends it
+                self._link_conn = await opener(ep.host, ep.port)
         except (OSError, TimeoutError) as exc:
             self._stats.connect_failures += 1
             await self._failed(f"cannot connect to {ep.host}:{ep.port} ({ep.transport}): {exc or type(exc).__name__}")

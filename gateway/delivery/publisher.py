@@ -43,6 +43,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.config.models import MqttConfig, SiteConfig
+from gateway.core.lifecycle import wait_event
 from gateway.delivery.contract import CONTENT_TYPE, HeartbeatDoc, StatusDoc, heartbeat_topic, status_topic
 from gateway.delivery.outbox import Outbox, Outgoing
 from gateway.delivery.stats import DeliveryStats
@@ -209,7 +210,7 @@ class Publisher:
                 break
             if error is None and self._renew.is_set():
                 continue  # renewed: connect again at once
-            await _wait(self._wake, backoff(failures))
+            await wait_event(self._wake, backoff(failures))
 
     def _session(self, *, v5: bool, probing: bool) -> Session[Outgoing]:
         """A new session with the credentials as they are on disk now (CredentialsUnreadable: counted)."""
@@ -275,8 +276,9 @@ class Publisher:
                 stable = tg.create_task(self._stable())
                 await self._wake.wait()
                 if self._stop.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._outbox.drained(), self._grace)
+                    with contextlib.suppress(TimeoutError):  # asyncio.timeout: a cancel always ends it
+                        async with asyncio.timeout(self._grace):
+                            await self._outbox.drained()
                 else:  # renew: take nothing more, let what is in flight be acknowledged
                     pump.cancel()
                     beat.cancel()
@@ -309,7 +311,8 @@ class Publisher:
             return
         with contextlib.suppress(DeliveryError, TimeoutError):
             doc = self._offline(reason).to_json()
-            await asyncio.wait_for(session.publish_wait(self._status_topic, doc, True, self._status_props), 2.0)
+            async with asyncio.timeout(2.0):
+                await session.publish_wait(self._status_topic, doc, True, self._status_props)
 
     def _disconnected(self) -> None:
         if self._stats.connected:
@@ -438,7 +441,7 @@ class Publisher:
                 await self._publish_wait(session, self._heartbeat_topic, doc.to_json(), False, self._heartbeat_props)
                 self._stats.heartbeats += 1
                 due = max(due + interval, loop.time())
-            await _wait(self._status_changed, due - loop.time())
+            await wait_event(self._status_changed, due - loop.time())
 
     async def _pump(self, session: Session[Outgoing]) -> None:
         """Publishes the outbox through the bounded window, without a task or awaitable per message: each PUBACK
@@ -480,22 +483,6 @@ class Publisher:
         if stats.refused_topics:
             self._accepted(item.topic)
         self._outbox.acked(item)
-
-
-async def _wait(event: asyncio.Event, within: float) -> None:
-    """`event.wait()` for at most `within` seconds, and a cancellation always ends it.
-
-    Not `asyncio.wait_for(event.wait(), timeout)`: on Python 3.11 that swallows a cancellation arriving in
-    the loop iteration in which the event was set (its inner task is done: it returns the result instead of
-    raising). That hung every renewal that a reload asked: the reloader calls `status_changed()` (new config
-    hash) and `renew()` in one go, so `_beat`'s wait ended in the very iteration in which `_serve` cancelled
-    it; when nothing was in flight, `_settle` returned at once and `_serve`'s second cancel landed in the same
-    window, both were swallowed, `_beat` went on beating for ever and `_serve`'s TaskGroup waited for it: no
-    DISCONNECT, no new session, and the pump (cancelled) published nothing more. `asyncio.timeout` counts
-    cancellation requests (`Task.cancelling`) and only turns its own into TimeoutError."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(max(0.0, within)):
-            await event.wait()
 
 
 def _refuses_v5(error: BaseException) -> bool:

@@ -37,7 +37,7 @@ import structlog
 
 from gateway.config.models import MqttConfig, SiteConfig
 from gateway.core.events import make_event
-from gateway.core.lifecycle import RunsInBackground
+from gateway.core.lifecycle import RunsInBackground, wait_event
 from gateway.core.ports import HealthReport, ReplayOutcome
 from gateway.delivery.contract import ConfirmDoc, HeartbeatDoc, StatusDoc, confirm_topic
 from gateway.delivery.journal import PRUNE_CHUNK, CommitResult, Journal, Journaled, JournalError, Plan, parse_page
@@ -264,13 +264,11 @@ class DeliverySink(RunsInBackground):
         if self._closed:
             return
         if self._running:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), self._close_grace)
+            await wait_event(self._idle, self._close_grace)
         self._closed = True
         if self._running:
             self.publisher.request_stop(self._close_grace)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._finished.wait(), self._close_grace + 5.0)
+            await wait_event(self._finished, self._close_grace + 5.0)
         if self._opened:
             await self._flush_marks()
             await self._db(self._journal.close)
@@ -495,8 +493,9 @@ class DeliverySink(RunsInBackground):
             probe = loop.run_in_executor(self._executor, time.monotonic)
             stalled = False
             while True:
-                try:
-                    await asyncio.wait_for(asyncio.shield(probe), JOURNAL_STALL)
+                try:  # asyncio.timeout, not wait_for: see gateway.core.lifecycle.wait_event
+                    async with asyncio.timeout(JOURNAL_STALL):
+                        await asyncio.shield(probe)
                     break
                 except TimeoutError:
                     if not stalled:
@@ -719,7 +718,8 @@ class DeliverySink(RunsInBackground):
         try:
             if stalled:  # its thread is stuck: do not queue behind it, the heartbeat must go out on time
                 raise JournalError("journal stalled")
-            oldest = await asyncio.wait_for(self._db(self._journal.oldest_undelivered_at), HEARTBEAT_JOURNAL_WAIT)
+            async with asyncio.timeout(HEARTBEAT_JOURNAL_WAIT):  # not wait_for: gateway.core.lifecycle.wait_event
+                oldest = await self._db(self._journal.oldest_undelivered_at)
         except (JournalError, TimeoutError):
             age = self.stats.oldest_undelivered_age
             oldest = None if age is None else now - age

@@ -12,13 +12,13 @@ STATUS= (shown by `systemctl status`) is sent whenever it changes; STOPPING=1 as
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 
+from gateway.core.lifecycle import wait_event
 from gateway.ops.sdnotify import SystemdNotifier
 
 log = structlog.get_logger(__name__)
@@ -114,5 +114,4 @@ class SystemdSupervision:
             if stopping_sent:
                 await asyncio.sleep(wait)
             else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), wait)
+                await wait_event(self._stopping, wait)

@@ -32,6 +32,7 @@ from ruamel.yaml import YAML
 
 from gateway.config.loader import load_site
 from gateway.config.models import SiteConfig
+from gateway.core.lifecycle import wait_event
 from gateway.tools.dc09_receiver import Dc09Receiver, Received
 from gateway.tools.receiver import Notice, ReceiverState, print_notice
 from gateway.tools.receiver_link import ReceiverOptions, receive
@@ -334,8 +335,7 @@ async def _drive(
         if deadline is not None and done:
             break  # everything arrived: no need to wait out the full duration
         console.changed.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(console.changed.wait(), timeout=1.0)
+        await wait_event(console.changed, 1.0)
         if not as_json and time.monotonic() - last_table > 10:
             print(console.table(), flush=True)
             last_table = time.monotonic()
@@ -417,8 +417,7 @@ async def _wait(predicate: Any, console: Console, stop: asyncio.Event, deadline:
         if stop.is_set() or time.monotonic() > deadline:
             return False
         console.changed.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(console.changed.wait(), timeout=0.5)
+        await wait_event(console.changed, 0.5)
     return True
 
 

@@ -12,6 +12,13 @@ a member joining or leaving moves only the sites it gains or had, nothing else r
 subscribes to the events, state and command results of the sites it owns only; it hears the (small) status,
 heartbeat and confirm messages of every site, to learn the sites and the tier's position of each.
 
+A will is published only by a broker that is up when the connection dies: a member that dies while the
+broker is down (or with it) leaves its retained presence behind, and the others would keep its sites
+unserved for ever. So presence is also a lease: every member announces itself again every PRESENCE_REFRESH
+seconds (MQTT 5: with a message expiry of PRESENCE_TTL, so a newcomer never even sees a stale one), and a
+member not heard of for PRESENCE_TTL counts as gone (`Membership.expire`, by the local clock of receipt,
+so the members' clocks need not agree).
+
 Hand-over without shared storage: all members confirm as the tier's one receiver id (the id in the
 gateways' `delivery.receivers`), and every member reads every confirmation of that id, so each knows the
 tier's position of every site at the moment it takes one over. The gateway's heartbeat (`confirmed_seq`) is
@@ -29,6 +36,8 @@ from dataclasses import dataclass, field
 from gateway.delivery.contract import ROOT
 
 PRESENCE = f"{ROOT}/_receivers"
+PRESENCE_REFRESH = 10.0  # seconds between a member's announcements
+PRESENCE_TTL = 3 * PRESENCE_REFRESH  # a member not heard of for this long is gone (its will may never come)
 
 
 def presence_topic(group: str, member: str) -> str:
@@ -64,18 +73,22 @@ class Membership:
     members: set[str] = field(default_factory=set)
     ready: bool = False  # our own announcement of this connection came back: every older one was seen
     cleared_me: bool = False  # our presence was cleared while we are here (an older connection's will): announce again
+    heard: dict[str, float] = field(default_factory=dict)  # member -> when its last announcement arrived (monotonic)
 
-    def on_presence(self, topic: str, payload: bytes) -> bool:
-        """Apply one presence message; True when the member set changed (or we just became ready)."""
+    def on_presence(self, topic: str, payload: bytes, now: float = 0.0) -> bool:
+        """Apply one presence message that arrived at `now` (monotonic); True when the member set changed (or
+        we just became ready)."""
         member = topic.rsplit("/", 1)[-1]
         before = set(self.members)
         if not payload:
             self.members.discard(member)
+            self.heard.pop(member, None)
             if member == self.me:  # an older connection's will (taken over by this one): we are still here
                 self.members.add(self.me)
                 self.cleared_me = True
         else:
             self.members.add(member)
+            self.heard[member] = now
             if member == self.me and not self.ready:
                 try:
                     nonce = json.loads(payload).get("nonce")
@@ -85,6 +98,15 @@ class Membership:
                     self.ready = True
                     return True
         return self.ready and self.members != before
+
+    def expire(self, now: float, ttl: float = PRESENCE_TTL) -> list[str]:
+        """Members not heard of for `ttl` seconds (a retained presence the broker kept for a member that died
+        with it, or while it was down): gone. Returns them; never ourselves."""
+        gone = [m for m in self.members if m != self.me and now - self.heard.get(m, now) > ttl]
+        for member in gone:
+            self.members.discard(member)
+            self.heard.pop(member, None)
+        return gone
 
     def owns(self, site: str) -> bool:
         return self.ready and owner(site, self.members | {self.me}) == self.me
