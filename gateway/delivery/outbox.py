@@ -255,10 +255,24 @@ class Outbox:
         return None
 
     def _pick_live(self) -> Outgoing | _Read | None:
-        if self._states:
-            point_id, doc = self._states.popitem(last=False)
-            self._inflight_states[point_id] = doc
-            return self._state(doc)
+        """Fresh live events before point states: in an alarm flood the events are the record and are bounded
+        by the 2 s from detection to confirmation, while a state is a picture of which only the latest matters
+        (a state queued behind events is replaced by a later change of its point, never sent twice). While
+        the cursor is behind (draining a backlog after an outage) or must page from the journal, states go
+        first, as before: the meldkamer's current picture before old events."""
+        if self._states and self._behind:
+            return self._next_state()
+        picked = self._pick_event()
+        if isinstance(picked, Outgoing) or not self._states:
+            return picked
+        return self._next_state()
+
+    def _next_state(self) -> Outgoing:
+        point_id, doc = self._states.popitem(last=False)
+        self._inflight_states[point_id] = doc
+        return self._state(doc)
+
+    def _pick_event(self) -> Outgoing | _Read | None:
         while True:
             if self._paged:
                 item = self._paged.popleft()

@@ -19,8 +19,9 @@ Design points:
   every other callback is attached on the loop thread once it returned, so no paho callback ever runs on the
   worker thread and touches the loop.
 - Writes: paho asks for write readiness once per burst; the session then calls `loop_write()` soon (one loop
-  callback for everything queued in this iteration) and registers a writer with the loop only if the socket
-  buffer is full. Reads: the socket's reader calls `loop_read()` (and drains TLS records already decrypted).
+  callback for everything queued in this iteration), corked (`gateway.mqtt.cork`: the burst leaves as few TCP
+  segments, not one per packet), and registers a writer with the loop only if the socket buffer is full.
+  Reads: the socket's reader calls `loop_read()` (and drains TLS records already decrypted).
 - QoS 1 publishes are not capped by paho (`max_inflight_messages` 0: with a cap paho scans every outgoing
   message on each PUBACK); the owner bounds what is in flight (see `receive_maximum`). Each publish carries a
   token the owner chose; its PUBACK hands back (token, reason code) to the owner's `on_ack`, in paho's read
@@ -55,6 +56,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from gateway.domain.errors import DeliveryError
 from gateway.mqtt import client as factory_module
 from gateway.mqtt.client import ClientFactory
+from gateway.mqtt.cork import corked
 
 log = structlog.get_logger(__name__)
 
@@ -629,7 +631,8 @@ class Session(Generic[T]):
         if self._sock is None:
             return
         try:
-            self._client.loop_write()
+            with corked(self._sock):  # the burst as few TCP segments, pushed out at once (gateway.mqtt.cork)
+                self._client.loop_write()
         except Exception as exc:  # a bug in a callback of ours, raised through paho
             self.fail(SessionLost(f"MQTT output failed: {exc!r}"))
             return

@@ -10,6 +10,12 @@ can copy.
   request; a range the gateway no longer holds (`pruned`) is written off and reported, never silently
   skipped. After a restart the receiver resumes from its stored position.
 - Bounded memory: a bounded queue between the MQTT consumer and the store writer, trackers in O(gaps).
+- Cheap per message, because an alarm flood (issue 17: 10,000 events within a second) is paid for per
+  message: a receiver that is not a tier member speaks MQTT 3.1.1 (nothing of the contract needs MQTT 5,
+  docs/deployment.md; paho builds and parses a Properties object per MQTT 5 PUBLISH, the largest part of its
+  reading cost), and takes the retained point states at QoS 0 (no PUBACK per state: the state is a picture,
+  which every resubscription, i.e. every connection, receives again in full; the events stay QoS 1).
+  A tier member stays on MQTT 5: it needs noLocal on the confirm topics.
 - With `group` set it is one member of a receiver tier (`gateway.tools.receiver_tier`): it serves only the
   sites the group's live members assign to it, confirms as the tier's receiver id, and takes over the sites
   of a member that dies from the tier's position (other members' confirmations, the heartbeat's
@@ -110,6 +116,7 @@ class ReceiverLink:
     _assigned: bool = False
     _v5: bool = True
     _leaving: bool = False
+    _inbox: asyncio.Queue[aiomqtt.Message] | None = None  # the current client's incoming queue
 
     async def run(self, stop: asyncio.Event) -> None:
         if self.options.group and not self.options.member:
@@ -162,6 +169,15 @@ class ReceiverLink:
             session["will"] = aiomqtt.Will(
                 presence_topic(self.options.group, self.options.member), b"", qos=1, retain=True
             )
+        link = self
+
+        class Inbox(asyncio.Queue[aiomqtt.Message]):
+            """aiomqtt's queue of incoming messages (its public `queue_type`), kept by the link: see `_session`."""
+
+            def __init__(self, maxsize: int = 0) -> None:
+                super().__init__(maxsize)
+                link._inbox = self
+
         return aiomqtt.Client(
             url.hostname or "127.0.0.1",
             url.port or (8883 if tls else 1883),
@@ -172,6 +188,7 @@ class ReceiverLink:
             keepalive=10,
             socket_options=NODELAY,  # confirmations are small packets behind others: no Nagle delay
             timeout=PROBE_TIMEOUT if v5 and not self._connected_once else 10.0,
+            queue_type=Inbox,
             **session,
         )
 
@@ -192,9 +209,14 @@ class ReceiverLink:
             f"{ROOT}/{site}/command-results",
         ]
 
+    @property
+    def protocol(self) -> str:
+        """The MQTT version of the current (or last) connection: "5" or "3.1.1"."""
+        return "5" if self._v5 else "3.1.1"
+
     async def _consume(self, queue: asyncio.Queue[Received]) -> None:
         backoff = 0.2
-        v5 = True
+        v5 = self.options.group is not None  # only a tier member needs MQTT 5 (noLocal): see the docstring
         while True:
             client = self._new_client(v5)  # a fresh client per connection: same id, same persistent session
             try:
@@ -224,9 +246,15 @@ class ReceiverLink:
                     self._client = client
                     self._connected_once = True
                     self._confirm_all()  # cumulative: repairs confirmations lost while away
+                    inbox = self._inbox
                     async for message in client.messages:
                         self._lasted = self._lasted or subscribing.done()
                         await self._on_message(str(message.topic), _payload(message.payload), queue)
+                        # What is queued already is taken without the iterator's task and asyncio.wait per
+                        # message (an alarm flood is paid per message); the order stays the broker's.
+                        while inbox is not None and not inbox.empty():
+                            queued = inbox.get_nowait()
+                            await self._on_message(str(queued.topic), _payload(queued.payload), queue)
             except BaseExceptionGroup as group:
                 lost = group.subgroup(aiomqtt.MqttError)
                 if lost is None:
@@ -241,7 +269,7 @@ class ReceiverLink:
             if self._v5 and topic.endswith("/confirm"):  # our own confirmations need not come back (MQTT 5)
                 granted = await client.subscribe(topic, options=SubscribeOptions(qos=1, noLocal=True))
             else:
-                granted = await client.subscribe(topic, qos=1)
+                granted = await client.subscribe(topic, qos=topic_qos(topic))
             self._check_granted(topic, granted)
         if self.options.group and self.membership is not None:  # after the presence subscription: see `ready`
             await client.publish(
@@ -305,7 +333,7 @@ class ReceiverLink:
             for start in range(0, len(gained), 50):
                 chunk = gained[start : start + 50]
                 topics = [t for site in chunk for t in _site_topics(site)]
-                codes: Sequence[int | ReasonCode] = list(await client.subscribe([(t, 1) for t in topics]))
+                codes: Sequence[int | ReasonCode] = list(await client.subscribe([(t, topic_qos(t)) for t in topics]))
                 # a refused site is not served: another wake tries again; said, never silent
                 refused = {t for t, code in zip(topics, codes, strict=False) if self._check_granted(t, [code])}
                 self._subscribed |= {site for site in chunk if not refused & set(_site_topics(site))}
@@ -507,6 +535,11 @@ class ReceiverLink:
             for notice in self.state.check(time.monotonic()):
                 self.on_notice(notice)
             await asyncio.sleep(0.5)  # a periodic check, not synchronisation
+
+
+def topic_qos(topic_filter: str) -> int:
+    """QoS 0 for the retained point states (a picture: a resubscription restores it), QoS 1 for the rest."""
+    return 0 if topic_filter.endswith("/state/#") else 1
 
 
 def _site_topics(site: str) -> list[str]:

@@ -1,7 +1,8 @@
 """The whole gateway <-> meldkamer contract on every broker GCMK may run on, one scenario per test, the same on each.
 
 Brokers (the `topology` parameter):
-- `mosquitto-mqtt5`: one Mosquitto, the gateway on protocol `auto` (MQTT 5 chosen), the receiver on MQTT 5;
+- `mosquitto-mqtt5`: one Mosquitto, the gateway on protocol `auto` (MQTT 5 chosen); the receiver (not a tier
+  member) speaks MQTT 3.1.1 everywhere (gateway/tools/receiver_link.py: cheaper per message);
 - `mosquitto-mqtt311`: one Mosquitto, the gateway configured for 3.1.1: no user properties, no message expiry;
 - `rabbitmq`: a RabbitMQ 3.10 node started for this module (`rabbitmq_mqtt`, MQTT 3.1.1 only): the gateway on
   `auto` must find out by itself that MQTT 5 is not spoken and fall back (slow: the node boots in ~12 s);

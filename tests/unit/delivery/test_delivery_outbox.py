@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 
 import pytest
 
-from gateway.delivery.journal import Journaled
+from gateway.delivery.journal import Journaled, StateDoc
 from gateway.delivery.outbox import Outbox, Outgoing
 
 
@@ -94,3 +95,41 @@ async def test_pages_from_the_journal_when_memory_overflowed() -> None:
     sent = await take(box, 30)
     assert [o.seq for o in sent] == list(range(1, 31))
     assert journal.reads >= 3
+
+
+def state(point_id: str, version: int, condition: str = "burglary") -> StateDoc:
+    return StateDoc(point_id, condition, 1, datetime(2026, 12, 1, tzinfo=UTC), version, version)
+
+
+async def test_fresh_events_go_before_point_states_and_a_waiting_state_only_in_its_latest_version() -> None:
+    """An alarm flood: the events are the record (2 s to confirmation), a state is a picture. States committed
+    with fresh events wait behind them; a point's state replaced meanwhile is published once, as the latest."""
+    journal = FakeJournal()
+    box = outbox(journal)
+    box.link(True)
+    for seq in range(1, 4):
+        journal.rows[seq] = journaled(seq)
+    box.committed([journaled(1), journaled(2)], [state("pir-1", 1), state("pir-2", 1)])
+    box.committed([journaled(3)], [state("pir-1", 2, "normal")])
+    sent = await take(box, 5)
+    assert [(o.kind, o.seq or o.point) for o in sent] == [
+        ("event", 1),
+        ("event", 2),
+        ("event", 3),
+        ("state", ("pir-2", 1)),
+        ("state", ("pir-1", 2)),  # changed again while waiting: once, the latest, in the order of change
+    ]
+    assert json.loads(sent[4].payload)["condition"] == "normal", "only the latest state of pir-1"
+
+
+async def test_while_behind_states_still_go_first() -> None:
+    """Draining a backlog (events older than buffered_after): the current picture before the old events."""
+    journal = FakeJournal()
+    box = outbox(journal, now=200.0)  # the events were journaled at 100.0: 100 s behind
+    box.link(True)
+    commit(box, journal, *(journaled(s) for s in range(1, 4)))
+    first = await take(box, 1)
+    assert first[0].kind == "event"  # the first pick finds out that the cursor is behind
+    box.committed([], [state("pir-1", 1)])
+    sent = await take(box, 3)
+    assert [o.kind for o in sent] == ["state", "event", "event"]
