@@ -51,7 +51,13 @@ from gateway.mqtt.client import NODELAY, PROBE_TIMEOUT, refuses_protocol
 from gateway.mqtt.session import subscription_refusal
 from gateway.tools.receiver import Notice, ReceiverState
 from gateway.tools.receiver_store import Received, ReceiverStore
-from gateway.tools.receiver_tier import Membership, presence_filter, presence_payload, presence_topic
+from gateway.tools.receiver_tier import (
+    PRESENCE_REFRESH,
+    Membership,
+    presence_filter,
+    presence_payload,
+    presence_topic,
+)
 from gateway.tools.seqtrack import SeqTracker
 
 log = structlog.get_logger(__name__)
@@ -72,6 +78,7 @@ class ReceiverOptions:
     ca_file: str | None = None
     group: str | None = None  # a receiver tier: the sites are shared by the group's live members
     member: str | None = None  # this member's id in the group (required with `group`)
+    presence_refresh: float = PRESENCE_REFRESH  # tier: seconds between announcements (a lease, see receiver_tier)
 
     @property
     def client_id(self) -> str:
@@ -243,6 +250,7 @@ class ReceiverLink:
                     subscribing = tg.create_task(self._subscribe(client))
                     if self.options.group:
                         tg.create_task(self._reconcile(client))
+                        tg.create_task(self._keep_announcing(client))
                     self._client = client
                     self._connected_once = True
                     self._confirm_all()  # cumulative: repairs confirmations lost while away
@@ -272,12 +280,7 @@ class ReceiverLink:
                 granted = await client.subscribe(topic, qos=topic_qos(topic))
             self._check_granted(topic, granted)
         if self.options.group and self.membership is not None:  # after the presence subscription: see `ready`
-            await client.publish(
-                presence_topic(self.options.group, self.membership.me),
-                presence_payload(self.membership.me, self.membership.nonce),
-                qos=1,
-                retain=True,
-            )
+            await self._announce(client)
 
     def _check_granted(self, topic: str, granted: Sequence[int | ReasonCode]) -> bool:
         """True if the SUBACK refused `topic` (e.g. the broker's ACL): one error line per topic, counted."""
@@ -347,7 +350,7 @@ class ReceiverLink:
         membership = self.membership
         assert membership is not None
         if topic.startswith(presence_filter(membership.group)[:-1]):
-            if membership.on_presence(topic, payload):
+            if membership.on_presence(topic, payload, time.monotonic()):
                 self._tier_wake.set()
             return True
         if topic.endswith("/confirm"):
@@ -373,12 +376,7 @@ class ReceiverLink:
             if self._on_tier_message(topic, payload):
                 if self.membership.cleared_me and self._client is not None and not self._leaving:
                     self.membership.cleared_me = False
-                    await self._client.publish(
-                        presence_topic(self.membership.group, self.membership.me),
-                        presence_payload(self.membership.me, self.membership.nonce),
-                        qos=1,
-                        retain=True,
-                    )
+                    await self._announce(self._client)
                 return
             parts = topic.split("/")
             site = parts[2] if len(parts) > 3 else ""
@@ -534,7 +532,44 @@ class ReceiverLink:
         while True:
             for notice in self.state.check(time.monotonic()):
                 self.on_notice(notice)
+            self._expire_members()
             await asyncio.sleep(0.5)  # a periodic check, not synchronisation
+
+    # --- the tier's presence lease -------------------------------------------------------------------
+
+    async def _announce(self, client: aiomqtt.Client) -> None:
+        """Our presence, retained; on MQTT 5 it expires at the broker after the lease's TTL, so a member that
+        died without a will (the broker was down) does not look alive to a newcomer either."""
+        membership = self.membership
+        assert membership is not None
+        properties = None
+        if self._v5:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.MessageExpiryInterval = max(1, round(3 * self.options.presence_refresh))
+        await client.publish(
+            presence_topic(membership.group, membership.me),
+            presence_payload(membership.me, membership.nonce),
+            qos=1,
+            retain=True,
+            properties=properties,
+        )
+
+    async def _keep_announcing(self, client: aiomqtt.Client) -> None:
+        """Tier mode, per connection: the lease is renewed every `presence_refresh` seconds."""
+        while True:
+            await asyncio.sleep(self.options.presence_refresh)  # the lease's period, not synchronisation
+            if self.membership is not None and self.membership.ready and not self._leaving:
+                await self._announce(client)
+
+    def _expire_members(self) -> None:
+        """Members whose lease ran out (no announcement for 3 x presence_refresh) are gone: their sites move."""
+        membership = self.membership
+        if membership is None or not membership.ready:
+            return
+        gone = membership.expire(time.monotonic(), 3 * self.options.presence_refresh)
+        if gone:
+            log.warning("receiver tier: members gone without a will (lease expired)", members=sorted(gone))
+            self._tier_wake.set()
 
 
 def topic_qos(topic_filter: str) -> int:

@@ -177,3 +177,44 @@ async def test_a_member_that_stops_cleanly_hands_its_sites_over(tmp_path: Path, 
         for run in runs:
             with contextlib.suppress(asyncio.CancelledError):
                 await run
+
+
+async def test_a_member_that_died_without_a_will_loses_its_sites_when_its_lease_runs_out(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """A member that died while the broker was down never gets its will published: its retained presence
+    comes back with the broker. The lease (an announcement every presence_refresh, gone after 3 of them
+    missed) moves its sites to the members still announcing, instead of leaving them unserved for ever."""
+    import aiomqtt
+
+    from gateway.tools.receiver import ReceiverState
+    from gateway.tools.receiver_link import ReceiverLink, ReceiverOptions
+    from gateway.tools.receiver_tier import presence_payload, presence_topic
+
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="ghost-left-behind") as ghost:
+        await ghost.publish(presence_topic("tier", "ghost"), presence_payload("ghost", "old"), qos=1, retain=True)
+    sinks = [DeliverySink(gateway_config(tmp_path, mosquitto.url, s), config_hash="t", version="t") for s in SITES]
+    options = ReceiverOptions(state_dir=tmp_path / "tier", group="tier", member="a", presence_refresh=0.3)
+    link = ReceiverLink(mosquitto.url, ReceiverState(), lambda _n: None, options)
+    stop = asyncio.Event()
+    ghosts = [s for s in SITES if owner(s, {"a", "ghost"}) == "ghost"]
+    assert ghosts, "the ghost owns some of the sites while it counts as alive"
+    async with asyncio.TaskGroup() as tg:
+        for sink in sinks:
+            await sink.load_state()
+        runs = [tg.create_task(sink.run()) for sink in sinks]
+        running = tg.create_task(link.run(stop))
+        await wait_until(
+            lambda: link.membership is not None and link.membership.ready and len(link.state.sites) == len(SITES),
+            20,
+            what="a is ready and knows the sites",
+        )
+        await wait_until(lambda: all(link.serves(s) for s in SITES), 10, what="a serves every site: the lease ran out")
+        assert link.membership is not None and link.membership.members == {"a"}
+        stop.set()
+        await running
+        for sink in sinks:
+            await sink.close()
+        for run in runs:
+            with contextlib.suppress(asyncio.CancelledError):
+                await run
