@@ -245,8 +245,19 @@ async def _run_gateway(site: SiteConfig, sink_name: str, cfg_hash: str, source: 
         notifier=SystemdNotifier.from_environment(),  # None unless run by systemd as a Type=notify unit
         source=source,  # SIGHUP and POST /-/reload read it again
     )
-    await run_until_signalled(gateway)
+    async with asyncio.TaskGroup() as tg:
+        freezing = tg.create_task(_freeze_once_started(gateway.started))
+        await run_until_signalled(gateway)
+        freezing.cancel()
     return EXIT_OK
+
+
+async def _freeze_once_started(started: asyncio.Event) -> None:
+    """Once the gateway runs (adapters, their protocol stacks, the normaliser's state built: they live as long
+    as the process), freeze the heap again, as before the loop: a full collection then walks only what is new."""
+    await started.wait()
+    gc.collect()
+    gc.freeze()
 
 
 def _reload(args: argparse.Namespace) -> int:
