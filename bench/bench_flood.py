@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gateway.config.loader import load_site
 from gateway.delivery.contract import ROOT
 from gateway.tools.demo import DEFAULT_SITES, free_port, gateway_overlay
-from tests.support.flood import flood_points_per_site, flood_scenario, write_flood_sites
+from tests.support.flood import flood_points_per_site, flood_scenario, spawn, stop, write_flood_sites
 from tests.support.mosquitto import Mosquitto
 
 CONFIRM_WITHIN = 2.0  # seconds from detection to the receiver's confirmation (the bound)
@@ -178,23 +178,6 @@ def loadavg() -> str:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
-
-
-async def spawn(argv: list[str], log: Path) -> asyncio.subprocess.Process:
-    with log.open("wb") as out:
-        return await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT
-        )
-
-
-async def stop(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), 20)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
 
 
 def count_cpu(pids: dict[str, int]) -> dict[str, tuple[float, float]]:

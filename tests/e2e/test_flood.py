@@ -28,7 +28,7 @@ from gateway.config.loader import load_site
 from gateway.delivery.contract import ROOT
 from gateway.testing import wait_until
 from gateway.tools.demo import gateway_overlay
-from tests.support.flood import flood_building_doc, flood_scenario
+from tests.support.flood import flood_building_doc, flood_scenario, spawn, stop
 from tests.support.mosquitto import Mosquitto
 
 SITES = ("flood-a", "flood-b")
@@ -37,23 +37,6 @@ HEARTBEAT = 1.0  # seconds
 PY = [sys.executable, "-m", "gateway.cli.main", "--log-level", "warning"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
-
-
-async def spawn(argv: list[str], log: Path) -> asyncio.subprocess.Process:
-    with log.open("wb") as out:  # a file: a pipe nobody reads would block the process
-        return await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT
-        )
-
-
-async def stop(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), 20)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
 
 
 async def observe(url: str, heartbeats: dict[str, list[tuple[float, dict[str, Any]]]]) -> None:
