@@ -180,9 +180,11 @@ def parse_reply(raw: bytes, *, key: bytes | None) -> Reply:
         kind = ReplyKind(match["token"])
     except ValueError as exc:
         raise MalformedReply("token", f"unknown reply id {match['token']!r}") from exc
-    encrypted = bool(match["star"])
     rest = match["rest"] or ""
-    if encrypted and rest.strip():
+    # Encrypted only if there is something that decrypts: a `*` alone proves no key (a `"*ACK"` without a
+    # block could be written by anyone), so it counts as plain.
+    encrypted = bool(match["star"]) and bool(rest.strip())
+    if encrypted:
         if key is None:
             raise MalformedReply("decrypt", "encrypted reply, but this path has no key")
         try:

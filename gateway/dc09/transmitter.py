@@ -368,7 +368,7 @@ class Transmitter(RunsInBackground):
                 self._ignored("stale")
                 log.info("dc09: ignored a %s for seq %04d while waiting for %04d", reply.kind, reply.seq, seq)
                 continue
-            if reply.account is not None and reply.account != account:
+            if reply.account is not None and int(reply.account, 16) != int(account, 16):  # 004711 is 4711
                 self._stats.foreign_replies += 1
                 self._ignored("foreign_account")
                 self._log_once("foreign", f"ignored a {reply.kind} for account {reply.account}, not {account}")

@@ -172,6 +172,7 @@ class DeliverySink(RunsInBackground):
         self._replay: tuple[int, int] | None = None  # (next seq, last seq) of a replay being paged in
         self._warned_receivers: set[str] = set()
         self._progress_at = 0.0  # monotonic time the receivers' cumulative confirmation last moved
+        self._oldest_at: float | None = None  # journaled_at of the oldest undelivered event, as last read
         self._commit_listeners: list[Callable[[int], None]] = []  # further delivery paths (DC-09), woken by commits
         make_publisher = publisher or Publisher
         subscriptions = {confirm_topic(site.site.id): self._on_confirm} if self._confirming else {}
@@ -488,23 +489,29 @@ class DeliverySink(RunsInBackground):
         hangs in fsync stalls every commit without failing one, and that must show (readiness, heartbeat
         `journal_ok`, systemd's watchdog: gateway/ops/systemd.py) rather than look like a quiet building."""
         loop = asyncio.get_running_loop()
-        while True:
-            since = self.stats.journal_waiting_since = time.monotonic()
-            probe = loop.run_in_executor(self._executor, time.monotonic)
-            stalled = False
+        try:
             while True:
-                try:  # asyncio.timeout, not wait_for: see gateway.core.lifecycle.wait_event
-                    async with asyncio.timeout(JOURNAL_STALL):
-                        await asyncio.shield(probe)
-                    break
-                except TimeoutError:
-                    if not stalled:
-                        stalled = True
-                        log.error("journal_stalled", detail=f"its thread has not answered for {JOURNAL_STALL:g} s")
-            if stalled:
-                log.warning("journal_progressing_again", stalled_s=round(time.monotonic() - since, 1))
-            self.stats.journal_waiting_since = None
-            await asyncio.sleep(PROBE_INTERVAL)
+                since = self.stats.journal_waiting_since = time.monotonic()
+                try:
+                    probe = loop.run_in_executor(self._executor, time.monotonic)
+                except RuntimeError:  # the executor was shut down (close() gave up waiting for run): done
+                    return
+                stalled = False
+                while True:
+                    try:  # asyncio.timeout, not wait_for: see gateway.core.lifecycle.wait_event
+                        async with asyncio.timeout(JOURNAL_STALL):
+                            await asyncio.shield(probe)
+                        break
+                    except TimeoutError:
+                        if not stalled:
+                            stalled = True
+                            log.error("journal_stalled", detail=f"its thread has not answered for {JOURNAL_STALL:g} s")
+                if stalled:
+                    log.warning("journal_progressing_again", stalled_s=round(time.monotonic() - since, 1))
+                self.stats.journal_waiting_since = None
+                await asyncio.sleep(PROBE_INTERVAL)
+        finally:
+            self.stats.journal_waiting_since = None  # stopped: no stale "stalled" for the status line or metrics
 
     async def _marker(self) -> None:
         while True:
@@ -721,8 +728,9 @@ class DeliverySink(RunsInBackground):
             async with asyncio.timeout(HEARTBEAT_JOURNAL_WAIT):  # not wait_for: gateway.core.lifecycle.wait_event
                 oldest = await self._db(self._journal.oldest_undelivered_at)
         except (JournalError, TimeoutError):
-            age = self.stats.oldest_undelivered_age
-            oldest = None if age is None else now - age
+            oldest = self._oldest_at  # the last one read: its age keeps growing while the journal cannot say
+        else:
+            self._oldest_at = oldest
         online, total = self._devices()
         self.stats.journal_depth = self._journal.depth
         self.stats.oldest_undelivered_age = None if oldest is None else max(0.0, now - oldest)

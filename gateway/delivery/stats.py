@@ -80,4 +80,6 @@ class PathStats:
     faults: int = 0  # path_fault alarms raised
     fault_active: bool = False
     cursor: int = 0  # every seq up to this one handled by the path
-    replies_ignored: dict[str, int] = field(default_factory=dict)  # by reason (gateway/dc09/transmitter.py)
+    # by reason (gateway/dc09/transmitter.py); the two the alert watches exist from the start at 0, so that
+    # increase() sees their first one (a series that appears at 1 has no increase)
+    replies_ignored: dict[str, int] = field(default_factory=lambda: {"foreign_account": 0, "unencrypted_ack": 0})

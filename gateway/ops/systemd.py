@@ -96,7 +96,8 @@ class SystemdSupervision:
         withheld = False
         while True:
             if self._ping_every is not None and loop.time() >= next_ping:
-                if self._journal_stalled(self._ping_every):
+                # at least the journal's own stall bound: a long but legitimate job is not a hang
+                if self._journal_stalled(max(self._ping_every, self.view.journal_stall)):
                     if not withheld:
                         log.error("watchdog_withheld", detail="the journal makes no progress: systemd will restart us")
                     withheld = True

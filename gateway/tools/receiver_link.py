@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -62,11 +63,14 @@ from gateway.tools.seqtrack import SeqTracker
 
 log = structlog.get_logger(__name__)
 
+T = TypeVar("T")
+
 QUEUE_MAX = 10_000  # events received but not yet stored
 BATCH_MAX = 1_000  # events per store transaction
 SESSION_EXPIRY = 7 * 86400
 REPLAY_RETRY = 10.0  # seconds before the same gap is asked for again
 REPLAY_TTL = 60.0
+OPERATION_TIMEOUT = 10.0  # seconds a SUBSCRIBE or PUBLISH may take (the client's own timeout)
 CONFIRM_TIMEOUT = 2.0  # seconds a confirmation may wait for its PUBACK before the next round retries it
 
 
@@ -275,9 +279,11 @@ class ReceiverLink:
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         for topic in self._topics():
             if self._v5 and topic.endswith("/confirm"):  # our own confirmations need not come back (MQTT 5)
-                granted = await client.subscribe(topic, options=SubscribeOptions(qos=1, noLocal=True))
+                granted = await _bounded(
+                    client.subscribe(topic, options=SubscribeOptions(qos=1, noLocal=True), timeout=math.inf)
+                )
             else:
-                granted = await client.subscribe(topic, qos=topic_qos(topic))
+                granted = await _bounded(client.subscribe(topic, qos=topic_qos(topic), timeout=math.inf))
             self._check_granted(topic, granted)
         if self.options.group and self.membership is not None:  # after the presence subscription: see `ready`
             await self._announce(client)
@@ -304,7 +310,8 @@ class ReceiverLink:
         if client is None or membership is None:
             return
         with contextlib.suppress(aiomqtt.MqttError):
-            await client.publish(presence_topic(membership.group, membership.me), b"", qos=1, retain=True, timeout=5)
+            topic = presence_topic(membership.group, membership.me)
+            await _bounded(client.publish(topic, b"", qos=1, retain=True, timeout=math.inf), 5.0)
 
     def serves(self, site: str) -> bool:
         """Whether this receiver serves `site` now (always, outside a tier)."""
@@ -324,7 +331,7 @@ class ReceiverLink:
             wanted = {site for site in known if membership.owns(site)}
             gained, lost = sorted(wanted - self._subscribed), sorted(self._subscribed - wanted)
             if lost:
-                await client.unsubscribe([t for site in lost for t in _site_topics(site)])
+                await _bounded(client.unsubscribe([t for site in lost for t in _site_topics(site)], timeout=math.inf))
                 self._subscribed -= set(lost)
                 log.info("receiver tier: sites handed over", member=membership.me, sites=len(lost))
             now = time.monotonic()
@@ -336,7 +343,8 @@ class ReceiverLink:
             for start in range(0, len(gained), 50):
                 chunk = gained[start : start + 50]
                 topics = [t for site in chunk for t in _site_topics(site)]
-                codes: Sequence[int | ReasonCode] = list(await client.subscribe([(t, topic_qos(t)) for t in topics]))
+                subscribing = client.subscribe([(t, topic_qos(t)) for t in topics], timeout=math.inf)
+                codes: Sequence[int | ReasonCode] = list(await _bounded(subscribing))
                 # a refused site is not served: another wake tries again; said, never silent
                 refused = {t for t, code in zip(topics, codes, strict=False) if self._check_granted(t, [code])}
                 self._subscribed |= {site for site in chunk if not refused & set(_site_topics(site))}
@@ -443,7 +451,9 @@ class ReceiverLink:
                     at=utcnow(),
                 )
                 try:
-                    await client.publish(confirm_topic(site), doc.to_json(), qos=1, timeout=CONFIRM_TIMEOUT)
+                    await _bounded(
+                        client.publish(confirm_topic(site), doc.to_json(), qos=1, timeout=math.inf), CONFIRM_TIMEOUT
+                    )
                     self.confirms_sent += 1
                 except aiomqtt.MqttError:
                     self._unconfirmed.add(site)  # sent again with the next round
@@ -508,7 +518,8 @@ class ReceiverLink:
             reason="gap in the receiver's store",
         )
         with contextlib.suppress(aiomqtt.MqttError):
-            await client.publish(commands_topic(site), request.model_dump_json(by_alias=True), qos=1)
+            payload = request.model_dump_json(by_alias=True)
+            await _bounded(client.publish(commands_topic(site), payload, qos=1, timeout=math.inf))
             self.replays_asked += 1
             self.on_notice(Notice("replay", site, f"asked for seq {first}..{last} again"))
 
@@ -546,12 +557,15 @@ class ReceiverLink:
         if self._v5:
             properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             properties.MessageExpiryInterval = max(1, round(3 * self.options.presence_refresh))
-        await client.publish(
-            presence_topic(membership.group, membership.me),
-            presence_payload(membership.me, membership.nonce),
-            qos=1,
-            retain=True,
-            properties=properties,
+        await _bounded(
+            client.publish(
+                presence_topic(membership.group, membership.me),
+                presence_payload(membership.me, membership.nonce),
+                qos=1,
+                retain=True,
+                properties=properties,
+                timeout=math.inf,
+            )
         )
 
     async def _keep_announcing(self, client: aiomqtt.Client) -> None:
@@ -570,6 +584,18 @@ class ReceiverLink:
         if gone:
             log.warning("receiver tier: members gone without a will (lease expired)", members=sorted(gone))
             self._tier_wake.set()
+
+
+async def _bounded(call: Awaitable[T], seconds: float = OPERATION_TIMEOUT) -> T:
+    """An aiomqtt call (made with `timeout=math.inf`) bounded here with `asyncio.timeout`: aiomqtt's own bound is
+    `asyncio.wait_for`, which on Python 3.11 swallows a cancel that arrives as the PUBACK/SUBACK completes, and
+    these calls run in loops that must end when the link stops (gateway.core.lifecycle.wait_event). A timeout is
+    an MqttError, as aiomqtt's own."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await call
+    except TimeoutError:
+        raise aiomqtt.MqttError("Operation timed out") from None
 
 
 def topic_qos(topic_filter: str) -> int:

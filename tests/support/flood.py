@@ -130,7 +130,8 @@ async def stop(process: asyncio.subprocess.Process) -> None:
     if process.returncode is None:
         process.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(process.wait(), 20)
+            async with asyncio.timeout(20):
+                await process.wait()
         except TimeoutError:
             process.kill()
             await process.wait()

@@ -109,24 +109,29 @@ async def test_a_plain_ack_on_an_encrypted_path_is_not_the_receivers_confirmatio
     ignored: list[str] = []
 
     def script(token: str, seq: int, attempt: int) -> list[bytes]:
-        return [ack(seq), wrap(b'"ACK"')] if attempt == 1 else [star_ack(seq)]
+        bodiless = wrap(b'"*ACK"%04dL0#4711' % seq)  # a star proves nothing without a block that decrypts
+        return [ack(seq), wrap(b'"ACK"'), bodiless] if attempt == 1 else [star_ack(seq)]
 
     async with scripted(script) as (rx, port), Transmitter(endpoint(port, key=KEY), on_ignored=ignored.append) as tx:
         assert await tx.send(ALARM) is Outcome.ACKED
         assert rx.seqs() == [1, 1]  # sent again after the timeout: the plain ACKs did not count
-        assert tx.stats.unencrypted_acks == 2 and ignored == ["unencrypted_ack", "unencrypted_ack"]
+        assert tx.stats.unencrypted_acks == 3 and ignored == ["unencrypted_ack"] * 3
 
 
 async def test_an_ack_naming_another_account_is_not_a_confirmation() -> None:
     ignored: list[str] = []
 
     def script(token: str, seq: int, attempt: int) -> list[bytes]:
+        if seq == 2:
+            return [ack(seq, b"L0#004711")]  # the same account, padded by the receiver
         return [ack(seq, b"L0#4712")] if attempt == 1 else [ack(seq, b"L0#4711")]
 
     async with scripted(script) as (rx, port), Transmitter(endpoint(port), on_ignored=ignored.append) as tx:
         assert await tx.send(ALARM) is Outcome.ACKED
         assert rx.seqs() == [1, 1]
         assert tx.stats.foreign_replies == 1 and ignored == ["foreign_account"]
+        assert await tx.send(ALARM) is Outcome.ACKED  # 004711 is the same account, padded
+        assert rx.seqs() == [1, 1, 2] and tx.stats.foreign_replies == 1
 
 
 async def test_bare_nak_without_time_resends_after_a_pause() -> None:

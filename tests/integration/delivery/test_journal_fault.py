@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +128,27 @@ async def test_a_hung_journal_shows_in_readiness_and_heartbeats_which_keep_their
         assert [e.seq for e in await waiting] == [2]
         await collector.wait_for(lambda: beats()[-1]["journal_ok"], 10)
         await wait_until(lambda: sink.health().ok, what="ready again")
+
+
+async def test_while_the_journal_hangs_the_heartbeats_age_of_the_oldest_undelivered_event_keeps_growing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heartbeat no longer asks a hung journal; the age it reports is that of the oldest undelivered event
+    as last read, measured now: it grows, as the event waits, instead of standing still."""
+    from gateway.tools.demo import free_port
+
+    monkeypatch.setattr(sink_module, "JOURNAL_STALL", 0.3)
+    site = site_config(tmp_path / "journal", f"mqtt://127.0.0.1:{free_port()}")  # nothing listens: undelivered
+    journal = HangingJournal(journal_path(site), site=site.site.id, max_bytes=site.journal.max_bytes, retention=3600)
+    sink = DeliverySink(site, config_hash="t", version="t", journal=journal)
+    async with running(sink=sink):
+        await sink.accept(Batch(events=(make_event(1),)))
+        first = (await sink._heartbeat()).oldest_undelivered_age
+        assert first is not None
+        journal.hanging.set()
+        waiting = asyncio.create_task(sink.accept(Batch(events=(make_event(2),))))
+        await wait_until(lambda: sink.stats.journal_stalled_for(time.monotonic()) >= 0.3, what="the journal stalls")
+        during = (await sink._heartbeat()).oldest_undelivered_age
+        assert during is not None and during > first + 0.3, (first, during)
+        journal.release.set()
+        await waiting
