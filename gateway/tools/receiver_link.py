@@ -53,6 +53,7 @@ from gateway.mqtt.session import subscription_refusal
 from gateway.tools.receiver import Notice, ReceiverState
 from gateway.tools.receiver_store import Received, ReceiverStore
 from gateway.tools.receiver_tier import (
+    LEASE_PERIODS,
     PRESENCE_REFRESH,
     Membership,
     presence_filter,
@@ -83,6 +84,11 @@ class ReceiverOptions:
     group: str | None = None  # a receiver tier: the sites are shared by the group's live members
     member: str | None = None  # this member's id in the group (required with `group`)
     presence_refresh: float = PRESENCE_REFRESH  # tier: seconds between announcements (a lease, see receiver_tier)
+
+    @property
+    def presence_ttl(self) -> float:
+        """Seconds a member's announcement holds: at the broker (MQTT 5 message expiry) and for the others."""
+        return LEASE_PERIODS * self.presence_refresh
 
     @property
     def client_id(self) -> str:
@@ -556,7 +562,7 @@ class ReceiverLink:
         properties = None
         if self._v5:
             properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            properties.MessageExpiryInterval = max(1, round(3 * self.options.presence_refresh))
+            properties.MessageExpiryInterval = max(1, round(self.options.presence_ttl))
         await _bounded(
             client.publish(
                 presence_topic(membership.group, membership.me),
@@ -580,7 +586,7 @@ class ReceiverLink:
         membership = self.membership
         if membership is None or not membership.ready:
             return
-        gone = membership.expire(time.monotonic(), 3 * self.options.presence_refresh)
+        gone = membership.expire(time.monotonic(), self.options.presence_ttl)
         if gone:
             log.warning("receiver tier: members gone without a will (lease expired)", members=sorted(gone))
             self._tier_wake.set()

@@ -15,8 +15,8 @@ heartbeat and confirm messages of every site, to learn the sites and the tier's 
 A will is published only by a broker that is up when the connection dies: a member that dies while the
 broker is down (or with it) leaves its retained presence behind, and the others would keep its sites
 unserved for ever. So presence is also a lease: every member announces itself again every PRESENCE_REFRESH
-seconds (MQTT 5: with a message expiry of PRESENCE_TTL, so a newcomer never even sees a stale one), and a
-member not heard of for PRESENCE_TTL counts as gone (`Membership.expire`, by the local clock of receipt,
+seconds (MQTT 5: with a message expiry of LEASE_PERIODS of them, so a newcomer never even sees a stale one), and a
+member not heard of for that long counts as gone (`Membership.expire`, by the local clock of receipt,
 so the members' clocks need not agree).
 
 Hand-over without shared storage: all members confirm as the tier's one receiver id (the id in the
@@ -37,7 +37,7 @@ from gateway.delivery.contract import ROOT
 
 PRESENCE = f"{ROOT}/_receivers"
 PRESENCE_REFRESH = 10.0  # seconds between a member's announcements
-PRESENCE_TTL = 3 * PRESENCE_REFRESH  # a member not heard of for this long is gone (its will may never come)
+LEASE_PERIODS = 3  # a member not heard of for this many announcement periods is gone (its will may never come)
 
 
 def presence_topic(group: str, member: str) -> str:
@@ -99,7 +99,7 @@ class Membership:
                     return True
         return self.ready and self.members != before
 
-    def expire(self, now: float, ttl: float = PRESENCE_TTL) -> list[str]:
+    def expire(self, now: float, ttl: float) -> list[str]:
         """Members not heard of for `ttl` seconds (a retained presence the broker kept for a member that died
         with it, or while it was down): gone. Returns them; never ourselves."""
         gone = [m for m in self.members if m != self.me and now - self.heard.get(m, now) > ttl]

@@ -22,6 +22,7 @@ from gateway.domain.event import Event
 from gateway.domain.state import Batch
 from gateway.ops.sdnotify import SystemdNotifier
 from gateway.testing import CollectingSink, wait_until
+from gateway.tools.demo import free_port
 from tests.support.sites import MINIMAL_SITE, OPERATOR_PORT_0
 
 
@@ -219,7 +220,8 @@ async def test_a_reload_renews_the_mqtt_sessions_only_when_their_credentials_cha
     site_file.write_text(original, encoding="utf-8")
     secret = tmp_path / "mqtt-password"
     secret.write_text("first\n", encoding="utf-8")
-    mqtt = {"mqtt": {"url": "mqtt://127.0.0.1:1", "insecure": True, "tls": None, "password_file": str(secret)}}
+    url = f"mqtt://127.0.0.1:{free_port()}"  # never connected: the sink only counts renewals
+    mqtt = {"mqtt": {"url": url, "insecure": True, "tls": None, "password_file": str(secret)}}
     source = SiteSource(site_file, (OPERATOR_PORT_0, mqtt))
     loaded = source.load()
     sink = RenewingSink()

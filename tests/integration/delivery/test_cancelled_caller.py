@@ -22,10 +22,11 @@ from gateway.delivery.journal import Journal
 from gateway.delivery.sink import DeliverySink, journal_path
 from gateway.domain.event import utcnow
 from gateway.testing import wait_until
+from gateway.tools.demo import free_port
 from tests.integration.delivery.test_delivery import running
 from tests.support.delivery_harness import site_config
 
-CLOSED_PORT = "mqtt://127.0.0.1:1"  # delivery is not under test where nothing listens
+CLOSED_PORT = f"mqtt://127.0.0.1:{free_port()}"  # delivery is not under test: nothing listens there
 
 
 def _reading(value: int) -> Reading:

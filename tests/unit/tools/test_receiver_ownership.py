@@ -34,3 +34,19 @@ def test_an_older_connections_will_does_not_remove_us_but_asks_for_a_new_announc
     me.on_presence("gcmk/v1/_receivers/tier/a", presence_payload("a", "n1"))
     me.on_presence("gcmk/v1/_receivers/tier/a", b"")
     assert me.members == {"a"} and me.cleared_me
+
+
+def test_a_member_not_heard_of_for_the_ttl_is_gone_though_no_will_came() -> None:
+    """b died while the broker was down: no will, its retained presence came back with the broker. Without a
+    refresh within the TTL it counts as gone, and its sites move to the members still announcing."""
+    ttl = 30.0
+    me = Membership("tier", "a", nonce="n1")
+    me.on_presence("gcmk/v1/_receivers/tier/a", presence_payload("a", "n1"), now=100.0)
+    me.on_presence("gcmk/v1/_receivers/tier/b", presence_payload("b", "x"), now=100.0)  # the stale retained one
+    me.on_presence("gcmk/v1/_receivers/tier/c", presence_payload("c", "y"), now=100.0)
+    assert me.expire(100.0 + ttl, ttl) == [] and me.members == {"a", "b", "c"}
+    me.on_presence("gcmk/v1/_receivers/tier/c", presence_payload("c", "y"), now=125.0)  # c refreshes, b does not
+    assert me.expire(100.0 + ttl + 1, ttl) == ["b"]
+    assert me.members == {"a", "c"}
+    assert {s for s in SITES if owner(s, {"a", "c"}) == "a"} == {s for s in SITES if me.owns(s)}
+    assert me.expire(10_000.0, ttl) == ["c"] and me.members == {"a"}, "we never expire ourselves"
