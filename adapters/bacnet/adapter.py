@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import structlog
@@ -15,6 +15,8 @@ from adapters.bacnet.session import DeviceSession
 from gateway.config.models import BacnetDevice, BacnetLocal, SiteConfig
 from gateway.core.ports import DeviceSnapshot, ReadingSink
 from gateway.domain.errors import ConfigurationFault, DeviceUnreachable, SiteConfigFault
+
+CANCEL_ON_STOP = 1.0  # seconds a stopping adapter (or a removed device) waits for its COV cancellations
 
 
 class _NotReady(Exception):
@@ -106,9 +108,11 @@ class BacnetAdapter:
             self._tg, self._sink = None, None
             self._tasks.clear()
             self._app = None
-            self._stale = {device_id: s.subscriptions_left() for device_id, s in self.sessions.items()}
-            app.close_quietly()
-            await app.stop_handlers()
+            try:
+                self._stale = await _cancel_left(self.sessions.values())
+            finally:
+                app.close_quietly()
+                await app.stop_handlers()
 
     # --- reload (gateway/app/reload.py) ------------------------------------------------------------------
 
@@ -118,7 +122,7 @@ class BacnetAdapter:
         a point moved to another device is watched there before its old device stops), then each changed
         device's session is replaced: the old one stops first (one device, one session: both would subscribe
         and resync the same objects) and hands its live COV subscriptions to the new one, which cancels them
-        once its device answers; then removed devices stop (their subscriptions lapse on the device)."""
+        once its device answers; then removed devices stop and cancel their subscriptions (bounded, like a stop)."""
         old = {d.id: d for d in self.devices}
         self.site = site
         self.devices = [d for d in site.devices if isinstance(d, BacnetDevice)]
@@ -131,7 +135,10 @@ class BacnetAdapter:
         for device_id in [d for d in new if d in touched and d in old]:
             self._start_session(new[device_id], await self._stop_session(device_id))
         for device_id in [d for d in old if d in touched and d not in new]:
+            session = self.sessions.get(device_id)
             await self._stop_session(device_id)
+            if session is not None:
+                await _cancel_left([session])  # what is not cancelled lapses on the device
 
     def _start_session(self, device: BacnetDevice, stale: list[StaleSubscription] | None) -> None:
         assert self._app is not None and self._tg is not None and self._sink is not None
@@ -228,6 +235,24 @@ class BacnetAdapter:
     ) -> None:
         """WriteProperty (with priority) on the point's object, verified by reading it back."""
         await self._session_of(point_id).write(point_id, value, priority, property)
+
+
+async def _cancel_left(sessions: Iterable[DeviceSession]) -> dict[str, list[StaleSubscription]]:
+    """Cancel the COV subscriptions the sessions leave at their devices, all devices at once, for at most
+    CANCEL_ON_STOP. Left alone, a device keeps each until its lifetime ends (minutes): one of its few
+    subscription slots, and a confirmed notification per change to a gateway that has gone (or to its next
+    run, which no longer knows the process id). Returns per device what was not cancelled, for a next run of
+    the adapter to cancel once the device answers."""
+    left = {session.device.id: session.subscriptions_left() for session in sessions}
+    by_id = {session.device.id: session for session in sessions}
+    try:
+        async with asyncio.timeout(CANCEL_ON_STOP), asyncio.TaskGroup() as tg:
+            for device_id, pending in left.items():
+                if pending:
+                    tg.create_task(by_id[device_id].cancel_subscriptions(pending))
+    except TimeoutError:
+        pass  # a silent device: what it did not confirm stays in `left`
+    return {device_id: pending for device_id, pending in left.items() if pending}
 
 
 def _retries_from(by_source: Mapping[str, int], address: str, port: int) -> int:

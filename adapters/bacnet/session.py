@@ -249,27 +249,35 @@ class DeviceSession:
         return [s for s in [*self._stale, *mine] if s.until > now]
 
     async def _cancel_stale(self) -> None:
-        """Cancel the COV subscriptions an earlier run of the adapter left (crashed or cancelled, they live on
-        until their lifetime ends): each holds one of the device's limited subscription slots and doubles its
-        notifications, which arrive here under a process id no plan has (answered unknown-subscription).
-        Best effort, once: a failure is counted and the subscription left to lapse."""
+        """Cancel the COV subscriptions an earlier run of the adapter left (crashed, or stopped while the device
+        did not answer: they live on until their lifetime ends): each holds one of the device's limited
+        subscription slots and doubles its notifications, which arrive here under a process id no plan has
+        (answered unknown-subscription). Best effort, once: a failure is counted and the subscription left to
+        lapse."""
         now = asyncio.get_running_loop().time()
         stale = [s for s in self._stale if s.until > now]
-        if not stale:
-            self._stale = []
-            return
+        self._stale = []
+        if stale:
+            count = len(stale)
+            await self.cancel_subscriptions(stale)
+            self.log.info("bacnet.stale_subscriptions_cancelled", count=count - len(stale))
+
+    async def cancel_subscriptions(self, pending: list[StaleSubscription]) -> None:
+        """Cancel the subscriptions in `pending` at the device, all at once, removing each from `pending` as the
+        device confirms it: what is left there (an error, or the caller's deadline) stays on the device until it
+        lapses."""
 
         async def cancel(subscription: StaleSubscription) -> None:
             try:
                 await self.client.cancel_cov(subscription.object_id, subscription.process_id)
             except DeviceError as exc:
                 self._error(exc, "cancel-cov")
+            else:
+                pending.remove(subscription)
 
         async with asyncio.TaskGroup() as tg:
-            for subscription in stale:
+            for subscription in list(pending):
                 tg.create_task(cancel(subscription))
-        self._stale = []
-        self.log.info("bacnet.stale_subscriptions_cancelled", count=len(stale))
 
     async def _keepalive(self) -> None:
         """Keep contact fresh while nothing else is heard (quiet COV objects), so silence means offline."""

@@ -91,8 +91,10 @@ async def test_bacnet_sessions_are_added_replaced_and_removed_one_by_one() -> No
             await sink.wait_reading("det1", "active")  # the new session has the device
 
             only_d1 = both.model_copy(update={"devices": slower[:1], "points": both.points[:1]})
+            await sink.wait_for(lambda: sim.devices["d2"].cov_subscriptions() == 1)
             await adapter.reconfigure(only_d1, ["d2"])  # removed
             assert set(adapter.sessions) == {"d1"}
+            assert sim.devices["d2"].cov_subscriptions() == 0  # cancelled, not left to lapse on the device
             seen = len(sink.of("det2"))
             await sim.clear_alarm("det2")
             await sim.clear_alarm("det1")
