@@ -6,6 +6,7 @@ No network: a sink whose commits are held open by the test stands for a slow jou
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Sequence
 from typing import Any
 
@@ -179,3 +180,11 @@ def test_the_retry_key_of_a_cov_notification_tells_a_retry_from_a_new_notificati
     assert request_key(_cov_wire("active")) != request_key(_cov_wire("inactive"))
     assert request_key(_cov_wire("active")) != request_key(_cov_wire("active", invoke_id=8))
     assert request_key(_cov_wire("active")) != request_key(_cov_wire("active", time_remaining=249))
+
+
+def test_a_remembered_retry_key_costs_the_garbage_collector_nothing() -> None:
+    """Thousands of keys are remembered at once: each must leave the collector's lists at its first collection
+    (plain values only), or every full collection walks them all (30-44 ms at 1,000 notifications/s)."""
+    key = request_key(_cov_wire("active"))
+    gc.collect(0)
+    assert not gc.is_tracked(key)
