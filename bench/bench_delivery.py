@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import cProfile
 import gc
+import selectors
 import statistics
 import subprocess
 import sys
@@ -47,6 +48,26 @@ from tests.support.delivery_harness import SITE, make_event, site_config  # noqa
 from tests.support.mosquitto import Mosquitto  # noqa: E402
 
 WINDOW = 64
+
+
+class IdleSelector(selectors.DefaultSelector):
+    """The event loop's selector, timing how long the loop waits in select(): its idle time. A run's wall time
+    is then loop CPU + idle + the rest (waiting for the GIL or for a core)."""
+
+    idle = 0.0
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        start = time.perf_counter()
+        try:
+            return super().select(timeout)
+        finally:
+            IdleSelector.idle += time.perf_counter() - start
+
+
+def idle() -> float:
+    return IdleSelector.idle
+
+
 PRODUCERS = 50
 PROFILE: list[str] = []  # --profile FILE: cProfile of the sink runs (the last one is kept)
 
@@ -54,8 +75,19 @@ PROFILE: list[str] = []  # --profile FILE: cProfile of the sink runs (the last o
 def subscriber(port: int, count: int) -> subprocess.Popen[bytes]:
     """mosquitto_sub in its own process: exits after `count` event messages."""
     proc = subprocess.Popen(
-        ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-C", str(count),
-         "-t", f"gcmk/v1/{SITE}/events/#"],
+        [
+            "mosquitto_sub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-q",
+            "1",
+            "-C",
+            str(count),
+            "-t",
+            f"gcmk/v1/{SITE}/events/#",
+        ],
         stdout=subprocess.DEVNULL,
     )
     time.sleep(0.3)  # let it subscribe before anything is published
@@ -97,13 +129,13 @@ async def raw_loop(port: int, n: int) -> Run:
                 window.release()
 
         settled_heap()
-        start, cpu = time.perf_counter(), time.thread_time()
+        start, cpu, waited = time.perf_counter(), time.thread_time(), idle()
         async with asyncio.TaskGroup() as tg:
             for payload in payloads:
                 await window.acquire()
                 tg.create_task(one(payload))
         await wait_proc(sub)
-        return Run(time.perf_counter() - start, time.thread_time() - cpu, n)
+        return Run(time.perf_counter() - start, time.thread_time() - cpu, n, idle=idle() - waited)
 
 
 async def session_loop(port: int, n: int) -> Run:
@@ -153,6 +185,7 @@ class Run:
     cpu: float  # the event loop thread's CPU time over the same span
     events: int
     process_cpu: float = 0.0  # the whole process (the loop thread plus the journal's and the executor's threads)
+    idle: float = 0.0  # the loop waiting in select()
 
     @property
     def rate(self) -> float:
@@ -181,7 +214,7 @@ async def sink_loop(work: Path, port: int, n: int, producers: int, batch: int) -
         run = tg.create_task(sink.run())
         await until(lambda: sink.stats.connected)
         settled_heap()
-        start, cpu, total = time.perf_counter(), time.thread_time(), process_cpu()
+        start, cpu, total, waited = time.perf_counter(), time.thread_time(), process_cpu(), idle()
 
         chunks = [tuple(events[i : i + batch]) for i in range(0, n, batch)]
 
@@ -200,7 +233,7 @@ async def sink_loop(work: Path, port: int, n: int, producers: int, batch: int) -
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(PROFILE[0])
-        elapsed = Run(time.perf_counter() - start, time.thread_time() - cpu, n, process_cpu() - total)
+        elapsed = Run(time.perf_counter() - start, time.thread_time() - cpu, n, process_cpu() - total, idle() - waited)
         commits = sink.stats.commits
         await sink.close()
         await run
@@ -257,8 +290,10 @@ async def latency(work: Path, port: int, rate: int, seconds: float) -> tuple[flo
 
 async def report_latency(work: Path, port: int, rate: int, nagle: bool) -> None:
     p50, p99, count = await latency(work, port, rate, 10.0)
-    print(f"latency detection -> PUBACK at {rate} ev/s{' (Nagle: no TCP_NODELAY)' if nagle else ''}:"
-          f" p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms ({count} samples)")
+    print(
+        f"latency detection -> PUBACK at {rate} ev/s{' (Nagle: no TCP_NODELAY)' if nagle else ''}:"
+        f" p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms ({count} samples)"
+    )
 
 
 async def report_publish_path(port: int, n: int, rounds: int) -> None:
@@ -322,7 +357,9 @@ async def main() -> None:
                     f" ({args.producers} producers x {args.batch} ev/batch) {sink_rate:,.0f} ev/s"
                     f" (accepted in {accepted:.2f}s, {args.events / commits:.1f} ev/commit); ratio {ratios[-1]:.2f};"
                     f" loop CPU/event raw {(raw.cpu_us + raw_next.cpu_us) / 2:.0f} us, sink {elapsed.cpu_us:.0f} us"
-                    f" (+ {elapsed.other_threads_us:.0f} us on the journal's threads)"
+                    f" (+ {elapsed.other_threads_us:.0f} us on the journal's threads);"
+                    f" loop idle raw {(raw.idle / raw.seconds + raw_next.idle / raw_next.seconds) / 2:.0%},"
+                    f" sink {elapsed.idle / elapsed.seconds:.0%}"
                 )
                 raw = raw_next
             print(f"ratio sink/raw, median of {args.rounds}: {statistics.median(ratios):.2f}")
@@ -334,4 +371,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(IdleSelector())) as runner:
+        runner.run(main())

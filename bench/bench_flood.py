@@ -51,7 +51,19 @@ from gateway.tools.demo import DEFAULT_SITES, free_port, gateway_overlay
 from tests.support.flood import flood_points_per_site, flood_scenario, spawn, stop, write_flood_sites
 from tests.support.mosquitto import Mosquitto
 
+QUIET = 5.0  # seconds measured at rest before the flood
 CONFIRM_WITHIN = 2.0  # seconds from detection to the receiver's confirmation (the issue's bound)
+
+
+CENTRAL_CONF = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto" / "central.conf"
+TUNING = ("max_inflight_messages", "persistent_client_expiration")  # the central broker's, as deployed
+
+
+def central_tuning() -> str:
+    """The shipped central broker's tuning lines (deploy/mosquitto/central.conf) for the bench's Mosquitto: its
+    Receive Maximum bounds each gateway's window (Mosquitto's default of 20 leaves a window of 18, not 64)."""
+    lines = CENTRAL_CONF.read_text(encoding="utf-8").splitlines()
+    return "\n".join(line for line in lines if line.split(" ", 1)[0] in TUNING)
 
 
 @dataclass
@@ -61,6 +73,7 @@ class Observed:
     confirms: dict[str, list[tuple[float, int, frozenset[int]]]] = field(default_factory=lambda: defaultdict(list))
     heartbeats: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # monotonic arrivals
     last_heartbeat: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stamped: dict[str, list[tuple[float, float]]] = field(default_factory=lambda: defaultdict(list))  # (at, arrival)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +104,7 @@ async def observe(url: str, seen: Observed, ready: asyncio.Event) -> None:
             doc = json.loads(message.payload)
             if parts[3] == "heartbeat":
                 seen.heartbeats[site].append(now)
+                seen.stamped[site].append((_wall(doc["at"]), time.time()))
                 seen.last_heartbeat[site] = doc
             elif parts[3] == "confirm":
                 seen.confirms[site].append((_wall(doc["at"]), int(doc["up_to_seq"]), frozenset(doc.get("seqs", []))))
@@ -236,7 +250,7 @@ async def run(args: argparse.Namespace, work: Path) -> int:
         YAML(typ="safe").dump(flood_scenario(sites, args.cycles, args.spread, args.hold, 0.5), out)
     interval = {s.site.id: s.supervision.heartbeat_interval for s in sites}
     py = [sys.executable, "-m", "gateway.cli.main", "--log-level", "warning"]
-    broker = Mosquitto(work / "broker")
+    broker = Mosquitto(work / "broker", extra_config=central_tuning())
     broker.start()
     assert broker.process is not None
     pids: dict[str, int] = {"broker": broker.process.pid, "bench (observer)": os.getpid()}
@@ -246,9 +260,14 @@ async def run(args: argparse.Namespace, work: Path) -> int:
         sims = {}
         for path, site in zip(paths, sites, strict=True):
             name = site.site.id
+            sim_profile = (
+                ["-m", "cProfile", "-o", f"{args.profile_simulators}.{name}"] if args.profile_simulators else []
+            )
             sims[name] = await spawn(
                 [
-                    *py,
+                    sys.executable,
+                    *sim_profile,
+                    *py[1:],
                     "simulate",
                     "--site",
                     str(path),
@@ -322,6 +341,13 @@ async def run(args: argparse.Namespace, work: Path) -> int:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the buildings did not settle within 180 s; logs in {work}")
                 await asyncio.sleep(0.5)  # polling what the observer collected
+            quiet_before = count_cpu(pids)  # what the settled system costs with nothing happening
+            await asyncio.sleep(QUIET)
+            quiet = {name: sum(after) - sum(quiet_before[name]) for name, after in count_cpu(pids).items()}
+            print(
+                f"CPU seconds in {QUIET:g} quiet seconds before the flood: "
+                + ", ".join(f"{name} {used:.2f}" for name, used in sorted(quiet.items()))
+            )
             load_start = loadavg()
             cpu_before = count_cpu(pids)
             threads_before = {name: thread_cpu(pid) for name, pid in pids.items() if " " in name}
@@ -397,7 +423,16 @@ async def run(args: argparse.Namespace, work: Path) -> int:
         gaps = [b - a for a, b in itertools.pairwise(during)]
         gap = max(gaps) if gaps else float("nan")
         worst = max(worst, gap / interval[name])
-        print(f"heartbeats {name:<14} max gap during the flood {gap:5.2f} s (interval {interval[name]:g} s)")
+        # Where a long gap came from: the gateway's own beat (its `at`, when the beat began) or the way to the
+        # observer (arrival - at: the journal query, paho's queue, the broker, the observer's own loop).
+        last = flood_wall + (window_end - flood_mono) + interval[name]
+        stamps = [(at, came) for at, came in seen.stamped[name] if flood_wall - interval[name] <= at <= last]
+        by_at = max((b[0] - a[0] for a, b in itertools.pairwise(stamps)), default=float("nan"))
+        transit = max((came - at for at, came in stamps), default=float("nan"))
+        print(
+            f"heartbeats {name:<14} max gap during the flood {gap:5.2f} s (interval {interval[name]:g} s);"
+            f" between their `at` {by_at:5.2f} s, longest at -> arrival {transit:4.2f} s"
+        )
     print_cpu(cpu_before, cpu_after, window)
     for name in sorted(threads_after):
         split = {t: v - threads_before[name].get(t, 0.0) for t, v in threads_after[name].items()}
@@ -433,6 +468,9 @@ def main() -> int:
     parser.add_argument("--profile-receiver", type=Path, metavar="FILE", help="cProfile the receiver process(es)")
     parser.add_argument(
         "--profile-gateways", type=Path, metavar="PREFIX", help="cProfile each gateway process to PREFIX.<site>"
+    )
+    parser.add_argument(
+        "--profile-simulators", type=Path, metavar="PREFIX", help="cProfile each simulator process to PREFIX.<site>"
     )
     parser.add_argument("--keep", action="store_true", help="keep the workdir (logs, journals, receiver store)")
     args = parser.parse_args()
