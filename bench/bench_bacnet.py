@@ -234,7 +234,7 @@ async def measure(
         RECORDED[(name, rate)].append(
             (
                 ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
-                sum(d <= SEEN_WITHIN for d in delays) / len(changes),
+                sum(d <= SEEN_WITHIN for d in delays) / max(1, len(changes)),
             )
         )
         per_change = cpu / max(1, len(changes)) * 1e6

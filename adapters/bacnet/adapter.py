@@ -16,7 +16,9 @@ from gateway.config.models import BacnetDevice, BacnetLocal, SiteConfig
 from gateway.core.ports import DeviceSnapshot, ReadingSink
 from gateway.domain.errors import ConfigurationFault, DeviceUnreachable, SiteConfigFault
 
-CANCEL_ON_STOP = 1.0  # seconds a stopping adapter (or a removed device) waits for its COV cancellations
+# Seconds a stopping adapter (or a reload's removed devices) waits for its COV cancellations: under the 1 s after
+# which the gateway's stop cancels its components again (gateway/app/service.py).
+CANCEL_ON_STOP = 0.8
 
 
 class _NotReady(Exception):
@@ -108,9 +110,11 @@ class BacnetAdapter:
             self._tg, self._sink = None, None
             self._tasks.clear()
             self._app = None
+            self._stale = _left(self.sessions.values())  # pruned in place as the devices confirm
             try:
-                self._stale = await _cancel_left(self.sessions.values())
+                await _cancel_left(self.sessions, self._stale)
             finally:
+                self._stale = {device_id: pending for device_id, pending in self._stale.items() if pending}
                 app.close_quietly()
                 await app.stop_handlers()
 
@@ -134,11 +138,10 @@ class BacnetAdapter:
             self._start_session(new[device_id], None)
         for device_id in [d for d in new if d in touched and d in old]:
             self._start_session(new[device_id], await self._stop_session(device_id))
-        for device_id in [d for d in old if d in touched and d not in new]:
-            session = self.sessions.get(device_id)
+        removed = {d: self.sessions[d] for d in old if d in touched and d not in new and d in self.sessions}
+        for device_id in removed:
             await self._stop_session(device_id)
-            if session is not None:
-                await _cancel_left([session])  # what is not cancelled lapses on the device
+        await _cancel_left(removed, _left(removed.values()))  # what is not cancelled lapses on the device
 
     def _start_session(self, device: BacnetDevice, stale: list[StaleSubscription] | None) -> None:
         assert self._app is not None and self._tg is not None and self._sink is not None
@@ -237,22 +240,25 @@ class BacnetAdapter:
         await self._session_of(point_id).write(point_id, value, priority, property)
 
 
-async def _cancel_left(sessions: Iterable[DeviceSession]) -> dict[str, list[StaleSubscription]]:
-    """Cancel the COV subscriptions the sessions leave at their devices, all devices at once, for at most
-    CANCEL_ON_STOP. Left alone, a device keeps each until its lifetime ends (minutes): one of its few
-    subscription slots, and a confirmed notification per change to a gateway that has gone (or to its next
-    run, which no longer knows the process id). Returns per device what was not cancelled, for a next run of
-    the adapter to cancel once the device answers."""
-    left = {session.device.id: session.subscriptions_left() for session in sessions}
-    by_id = {session.device.id: session for session in sessions}
+def _left(sessions: Iterable[DeviceSession]) -> dict[str, list[StaleSubscription]]:
+    """Per device, the COV subscriptions its session leaves there (its own and an earlier run's not yet
+    cancelled)."""
+    return {session.device.id: session.subscriptions_left() for session in sessions}
+
+
+async def _cancel_left(sessions: Mapping[str, DeviceSession], left: dict[str, list[StaleSubscription]]) -> None:
+    """Cancel the subscriptions in `left` at their devices, all devices at once, for at most CANCEL_ON_STOP,
+    removing each from `left` as its device confirms it. Left alone, a device keeps a subscription until its
+    lifetime ends (minutes): one of its few subscription slots, and a confirmed notification per change to a
+    gateway that has gone (or to its next run, which no longer knows the process id). What stays in `left` is
+    for a next run of the adapter to cancel once the device answers."""
     try:
         async with asyncio.timeout(CANCEL_ON_STOP), asyncio.TaskGroup() as tg:
             for device_id, pending in left.items():
                 if pending:
-                    tg.create_task(by_id[device_id].cancel_subscriptions(pending))
+                    tg.create_task(sessions[device_id].cancel_subscriptions(pending))
     except TimeoutError:
         pass  # a silent device: what it did not confirm stays in `left`
-    return {device_id: pending for device_id, pending in left.items() if pending}
 
 
 def _retries_from(by_source: Mapping[str, int], address: str, port: int) -> int:

@@ -255,12 +255,12 @@ class DeviceSession:
         (answered unknown-subscription). Best effort, once: a failure is counted and the subscription left to
         lapse."""
         now = asyncio.get_running_loop().time()
-        stale = [s for s in self._stale if s.until > now]
-        self._stale = []
-        if stale:
+        stale = self._stale = [s for s in self._stale if s.until > now]  # pruned as they are cancelled: a stop
+        if stale:  # meanwhile still finds the rest in subscriptions_left()
             count = len(stale)
             await self.cancel_subscriptions(stale)
             self.log.info("bacnet.stale_subscriptions_cancelled", count=count - len(stale))
+        self._stale = []
 
     async def cancel_subscriptions(self, pending: list[StaleSubscription]) -> None:
         """Cancel the subscriptions in `pending` at the device, all at once, removing each from `pending` as the
@@ -272,6 +272,8 @@ class DeviceSession:
                 await self.client.cancel_cov(subscription.object_id, subscription.process_id)
             except DeviceError as exc:
                 self._error(exc, "cancel-cov")
+            except Exception as exc:  # best effort: one failure must not cancel the others (or a stop)
+                self.log.warning("bacnet.cancel_cov_failed", object=subscription.object_id, error=repr(exc))
             else:
                 pending.remove(subscription)
 
