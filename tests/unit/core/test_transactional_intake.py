@@ -122,11 +122,23 @@ POINT_VALUES = {
     "badge-1": ["granted", "denied-unknown-credential"],
 }
 action = st.one_of(
-    st.tuples(st.just("read"), st.sampled_from(sorted(POINT_VALUES)), st.integers(0, 5), st.booleans(),
-              st.floats(0, 3), st.integers(0, 2)),
+    st.tuples(
+        st.just("read"),
+        st.sampled_from(sorted(POINT_VALUES)),
+        st.integers(0, 5),
+        st.booleans(),
+        st.floats(0, 3),
+        st.integers(0, 2),
+    ),
     st.tuples(st.just("tick"), st.just(""), st.just(0), st.just(True), st.floats(0, 3), st.integers(0, 2)),
-    st.tuples(st.just("device"), st.sampled_from(["panel-1", "fire-1"]), st.just(0), st.booleans(),
-              st.floats(0, 3), st.integers(0, 2)),
+    st.tuples(
+        st.just("device"),
+        st.sampled_from(["panel-1", "fire-1"]),
+        st.just(0),
+        st.booleans(),
+        st.floats(0, 3),
+        st.integers(0, 2),
+    ),
 )
 
 
@@ -302,11 +314,9 @@ def test_offer_many_rolled_back_also_undoes_a_debounce_it_started() -> None:
     assert norm.point_state("pir-01").condition == "normal"
 
 
-@pytest.mark.parametrize("refused", [False, True])
-async def test_a_caller_cancelled_while_the_sink_commits_gets_the_sinks_outcome(refused: bool) -> None:
-    """A device task stopped (reload, shutdown) while its step is being journaled: the journal's outcome decides.
-    Committed -> the normaliser keeps the alarm (rolling it back would raise it a second time on the next
-    reading); refused -> rolled back, offered again."""
+async def _alarm_held_by_the_sink(refused: bool) -> tuple[RefusingSink, Pipeline, asyncio.Task[None]]:
+    """pir-01 normal, then its alarm handed over by a caller task while the sink holds the commit (refusing it once
+    released, if `refused`)."""
     sink = RefusingSink()
     pipeline = Pipeline(Normaliser(SITE, epoch=T0), sink)
     await pipeline.submit(_read("pir-01", 0, 0))
@@ -314,6 +324,15 @@ async def test_a_caller_cancelled_while_the_sink_commits_gets_the_sinks_outcome(
     sink.refuse = 1 if refused else 0
     caller = asyncio.create_task(pipeline.submit(_read("pir-01", 1, 1)))
     await asyncio.wait_for(sink.held.wait(), 5)
+    return sink, pipeline, caller
+
+
+@pytest.mark.parametrize("refused", [False, True])
+async def test_a_caller_cancelled_while_the_sink_commits_gets_the_sinks_outcome(refused: bool) -> None:
+    """A device task stopped (reload, shutdown) while its step is being journaled: the journal's outcome decides.
+    Committed -> the normaliser keeps the alarm (rolling it back would raise it a second time on the next
+    reading); refused -> rolled back, offered again."""
+    sink, pipeline, caller = await _alarm_held_by_the_sink(refused)
     caller.cancel()
     sink.gate.set()
     with pytest.raises(asyncio.CancelledError):
@@ -354,13 +373,7 @@ async def test_a_caller_that_leaves_after_the_grace_leaves_the_step_to_the_sinks
     is neither committed nor rolled back by guess. Its point stays held: the next reading waits and is judged
     against what the sink decided (journaled: no second alarm; refused: rolled back, the alarm again)."""
     monkeypatch.setattr(pipeline_module, "CANCEL_GRACE", 0.05)
-    sink = RefusingSink()
-    pipeline = Pipeline(Normaliser(SITE, epoch=T0), sink)
-    await pipeline.submit(_read("pir-01", 0, 0))
-    sink.gate.clear()
-    sink.refuse = 1 if refused else 0
-    caller = asyncio.create_task(pipeline.submit(_read("pir-01", 1, 1)))
-    await asyncio.wait_for(sink.held.wait(), 5)
+    sink, pipeline, caller = await _alarm_held_by_the_sink(refused)
     with structlog.testing.capture_logs() as logs:
         caller.cancel()
         with pytest.raises(asyncio.CancelledError):
